@@ -1,0 +1,269 @@
+//! ChainWriter: consumes [`RecordBatch`]es from the Embedder, appends them
+//! to the chain in group commits (one fdatasync per commit), then — and
+//! only then — acknowledges each batch to its submitter and emits
+//! [`CommittedBlocks`] to its subscribers (the CacheIndexer). Owns the
+//! [`ChainStore`]: **only ChainWriter appends to the chain.**
+//!
+//! Group commit: each pull takes everything queued, up to `max_batch`
+//! events, lingering up to `max_wait` for more; while a commit's fdatasync
+//! runs, the next batches queue up, so batches grow with the load.
+//!
+//! Failure: a failed append leaves nothing of the batch behind (the store
+//! cuts it back), the records stay pending, and the actor stops; its
+//! supervisor restarts it, it reopens the chain, takes as committed any
+//! pending record that did reach the disk (so nothing is written twice),
+//! and retries the rest after a backoff. Upstream waits meanwhile.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::edge::{Inbox, Outbox};
+use super::pipeline::Health;
+use super::{count_restart, delivered, pull, Delivery, Stage};
+use crate::chain::{reader, Appended, ChainStore, Record};
+use crate::messages::{Ack, CommittedBlocks, RecordBatch};
+use crate::metrics as m;
+
+/// Batches waiting for the ChainWriter. Together with `max_batch` this bounds
+/// the records held in memory between the Embedder and the disk.
+pub const INBOX_CAPACITY: usize = 64;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub struct ChainWriter {
+    inbox: Inbox<RecordBatch>,
+    store: ChainStore,
+    segment_max_bytes: u64,
+    subscribers: Vec<Outbox<CommittedBlocks>>,
+    max_batch: usize,
+    max_wait: Duration,
+    /// Records taken from the inbox and not yet durable, in order.
+    pending: Vec<Record>,
+    /// Submitters of the pending records: (ack, how many records).
+    acks: Vec<(Option<Ack>, usize)>,
+    failures: u32,
+    health: Arc<Health>,
+    closed: bool,
+}
+
+impl ChainWriter {
+    pub fn new(
+        inbox: Inbox<RecordBatch>,
+        store: ChainStore,
+        segment_max_bytes: u64,
+        subscribers: Vec<Outbox<CommittedBlocks>>,
+        max_batch: usize,
+        max_wait: Duration,
+        health: Arc<Health>,
+    ) -> Self {
+        health.chain_height.store(store.head().next_seq, Ordering::Release);
+        metrics::gauge!(m::CHAIN_HEIGHT).set(store.head().next_seq as f64);
+        ChainWriter {
+            inbox,
+            store,
+            segment_max_bytes,
+            subscribers,
+            max_batch,
+            max_wait,
+            pending: Vec::new(),
+            acks: Vec::new(),
+            failures: 0,
+            health,
+            closed: false,
+        }
+    }
+}
+
+impl Actor for ChainWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.pending.is_empty() {
+            pull(self, ctx);
+            return;
+        }
+        // Restarted with records to retry: back off, commit them, then pull.
+        let backoff = (Duration::from_millis(50) * 2u32.saturating_pow(self.failures.min(8))).min(MAX_BACKOFF);
+        tracing::info!(pending = self.pending.len(), ?backoff, "retrying the pending commit");
+        ctx.run_later(backoff, |act, ctx| {
+            if act.commit(ctx) {
+                if act.closed {
+                    act.finish();
+                } else {
+                    pull(act, ctx);
+                }
+            }
+        });
+    }
+}
+
+impl Supervised for ChainWriter {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        count_restart(Self::NAME);
+        self.reopen();
+    }
+}
+
+impl Stage for ChainWriter {
+    type In = RecordBatch;
+    const NAME: &'static str = "chain_writer";
+
+    fn inbox(&self) -> &Inbox<RecordBatch> {
+        &self.inbox
+    }
+
+    fn gather(&self) -> (usize, Duration) {
+        (self.max_batch, self.max_wait)
+    }
+
+    fn on_batches(&mut self, batches: Vec<RecordBatch>, ctx: &mut Context<Self>) -> Delivery {
+        for b in batches {
+            self.acks.push((b.ack, b.records.len()));
+            self.pending.extend(b.records);
+        }
+        self.commit(ctx);
+        delivered()
+    }
+
+    fn on_closed(&mut self, ctx: &mut Context<Self>) {
+        self.closed = true;
+        if self.commit(ctx) {
+            self.finish();
+        }
+    }
+}
+
+impl ChainWriter {
+    /// Appends everything pending as one durable batch. Returns false when
+    /// the append failed and the actor is stopping to be restarted.
+    fn commit(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let start = Instant::now();
+        match self.store.append(&self.pending, now_ns()) {
+            Ok(appended) => {
+                self.failures = 0;
+                self.health.writer_failing.store(false, Ordering::Release);
+                metrics::histogram!(m::COMMIT_DURATION).record(start.elapsed().as_secs_f64());
+                metrics::histogram!(m::COMMIT_BATCH).record(appended.len() as f64);
+                self.pending.clear();
+                self.acknowledge(appended);
+                true
+            }
+            Err(e) => {
+                self.failures += 1;
+                self.health.writer_failing.store(true, Ordering::Release);
+                metrics::counter!(m::COMMIT_ERRORS).increment(1);
+                tracing::error!(error = %e, pending = self.pending.len(), "commit failed; restarting the chain writer");
+                ctx.stop();
+                false
+            }
+        }
+    }
+
+    /// The records in `appended` are durable: tell their submitters and the subscribers.
+    fn acknowledge(&mut self, appended: Vec<Appended>) {
+        let Some(last) = appended.last() else { return };
+        let head = self.store.head();
+        self.health.chain_height.store(head.next_seq, Ordering::Release);
+        metrics::gauge!(m::CHAIN_HEIGHT).set(head.next_seq as f64);
+        metrics::counter!(m::STAGE_SENT, "stage" => Self::NAME).increment(appended.len() as u64);
+        let mut next = appended[0].seq;
+        let mut remaining = appended.len();
+        while let Some((_, n)) = self.acks.first() {
+            if *n > remaining {
+                // Part of this submitter's batch is durable; the rest is still pending.
+                self.acks[0].1 -= remaining;
+                break;
+            }
+            let (ack, n) = self.acks.remove(0);
+            let first_seq = next;
+            next += n as u64;
+            remaining -= n;
+            if let Some(ack) = ack {
+                let last_seq = next.saturating_sub(1);
+                let hash = appended[(last_seq - appended[0].seq) as usize].hash;
+                // A submitter that stopped waiting is not an error.
+                let _ = ack.send(Ok(crate::messages::Committed { first_seq, last_seq, head_hash: hash }));
+            }
+        }
+        debug_assert_eq!(last.seq + 1, head.next_seq);
+        let blocks = CommittedBlocks { blocks: Arc::new(appended) };
+        for s in &self.subscribers {
+            // Never wait on a derived-data stage; a full queue is counted and
+            // the subscriber catches up from the chain.
+            s.try_send(blocks.clone());
+        }
+    }
+
+    /// After a failure: reopen the chain (cutting whatever a failed write
+    /// left), and take as committed any pending record that reached the disk.
+    fn reopen(&mut self) {
+        let before = self.store.head();
+        let layout = self.store.layout().clone();
+        let (store, recovery) = match ChainStore::open(&layout, self.segment_max_bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the chain; will retry");
+                return;
+            }
+        };
+        if recovery.cut_bytes > 0 {
+            tracing::warn!(bytes = recovery.cut_bytes, "cut a partial commit");
+        }
+        self.store = store;
+        let after = self.store.head();
+        if after.next_seq <= before.next_seq {
+            return;
+        }
+        let mut found = Vec::new();
+        let read = reader::scan_from(&layout, before.next_seq, |segment, offset, frame_len, b| {
+            found.push((segment, offset, frame_len, b));
+            true
+        });
+        if let Err(e) = read {
+            tracing::error!(error = %e, "cannot read back blocks written before the failure");
+            return;
+        }
+        let matches = found.len() <= self.pending.len()
+            && found.iter().zip(&self.pending).all(|((_, _, _, b), r)| b.body.footprint == r.footprint);
+        if !matches {
+            tracing::error!(
+                blocks = found.len(),
+                "blocks appeared on disk that this writer did not write; keeping its pending records"
+            );
+            return;
+        }
+        tracing::warn!(blocks = found.len(), "a failed commit reached the disk; taking it as committed");
+        let appended: Vec<Appended> = found
+            .into_iter()
+            .map(|(segment, offset, frame_len, b)| Appended {
+                seq: b.body.seq,
+                hash: b.hash,
+                segment,
+                offset,
+                frame_len,
+                captured_ns: b.body.footprint.captured_ns,
+                plugin_id: b.body.footprint.plugin_id,
+                operation: b.body.footprint.operation,
+            })
+            .collect();
+        self.pending.drain(..appended.len());
+        self.acknowledge(appended);
+    }
+
+    /// Input closed and everything is durable: let the subscribers finish.
+    fn finish(&mut self) {
+        self.subscribers.clear();
+        tracing::debug!("chain writer drained");
+    }
+}
+
+fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    d.as_nanos().min(i64::MAX as u128) as i64
+}

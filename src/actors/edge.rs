@@ -1,0 +1,139 @@
+//! Bounded data edges between stages.
+//!
+//! actix's `Addr::send` waits for room in the mailbox *and* for the reply,
+//! so a stage forwarding with it would wait for its downstream to finish
+//! each batch and the pipeline would run one stage at a time. A data edge
+//! only needs the first wait, so edges are tokio mpsc channels: the sender
+//! waits for room (that wait is exported as blocked time), the receiving
+//! actor pulls batches in order. The capacity belongs to the receiver: each
+//! actor module declares `INBOX_CAPACITY`, and the wiring passes it here.
+//!
+//! The receiver lives behind an `Arc<Mutex<_>>` so that it survives an
+//! actor restart: actix drops a restarted actor's futures, and a receiver
+//! moved into one of them would close the edge.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Mutex;
+
+use crate::messages::Batch;
+use crate::metrics as m;
+
+/// The downstream end is gone: the pipeline is shutting down or broken.
+#[derive(Debug, thiserror::Error)]
+#[error("edge {0} is closed")]
+pub struct Closed(pub &'static str);
+
+pub struct Outbox<T> {
+    tx: mpsc::Sender<T>,
+    edge: &'static str,
+    capacity: usize,
+}
+
+impl<T> Clone for Outbox<T> {
+    fn clone(&self) -> Self {
+        Outbox { tx: self.tx.clone(), edge: self.edge, capacity: self.capacity }
+    }
+}
+
+pub struct Inbox<T> {
+    rx: Arc<Mutex<mpsc::Receiver<T>>>,
+    edge: &'static str,
+}
+
+impl<T> Clone for Inbox<T> {
+    fn clone(&self) -> Self {
+        Inbox { rx: self.rx.clone(), edge: self.edge }
+    }
+}
+
+/// A bounded edge named `edge` (e.g. `footprinter->embedder`) holding at most `capacity` batches.
+pub fn edge<T>(edge: &'static str, capacity: usize) -> (Outbox<T>, Inbox<T>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    metrics::gauge!(m::QUEUE_CAPACITY, "edge" => edge).set(capacity as f64);
+    (Outbox { tx, edge, capacity }, Inbox { rx: Arc::new(Mutex::new(rx)), edge })
+}
+
+impl<T: Batch> Outbox<T> {
+    /// Sends, waiting for room. Time spent waiting is exported.
+    pub async fn send(&self, item: T) -> Result<(), Closed> {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => return Err(Closed(self.edge)),
+            Err(TrySendError::Full(item)) => {
+                let start = Instant::now();
+                self.tx.send(item).await.map_err(|_| Closed(self.edge))?;
+                metrics::counter!(m::QUEUE_BLOCKED, "edge" => self.edge).increment(start.elapsed().as_micros() as u64);
+            }
+        }
+        self.record_depth();
+        Ok(())
+    }
+
+    /// As [`send`](Self::send), for threads outside the async runtime.
+    pub fn blocking_send(&self, item: T) -> Result<(), Closed> {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => return Err(Closed(self.edge)),
+            Err(TrySendError::Full(item)) => {
+                let start = Instant::now();
+                self.tx.blocking_send(item).map_err(|_| Closed(self.edge))?;
+                metrics::counter!(m::QUEUE_BLOCKED, "edge" => self.edge).increment(start.elapsed().as_micros() as u64);
+            }
+        }
+        self.record_depth();
+        Ok(())
+    }
+
+    /// Sends only if there is room; a full queue is counted. For edges to
+    /// derived-data stages that can catch up from the chain on their own.
+    pub fn try_send(&self, item: T) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                self.record_depth();
+                true
+            }
+            Err(_) => {
+                metrics::counter!(m::QUEUE_DROPPED, "edge" => self.edge).increment(1);
+                false
+            }
+        }
+    }
+
+    fn record_depth(&self) {
+        metrics::gauge!(m::QUEUE_DEPTH, "edge" => self.edge).set((self.capacity - self.tx.capacity()) as f64);
+    }
+}
+
+impl<T: Batch> Inbox<T> {
+    /// Waits for at least one batch, then takes what is queued until the
+    /// batches hold `max_events` events; with `linger` > 0 it waits up to
+    /// that long for more. Returns an empty vector once the edge is closed
+    /// and drained. Cancel-safe: a dropped call loses nothing.
+    pub async fn recv(&self, max_events: usize, linger: std::time::Duration) -> Vec<T> {
+        let mut rx = self.rx.clone().lock_owned().await;
+        let mut out = Vec::new();
+        let Some(first) = rx.recv().await else { return out };
+        let mut n = first.len();
+        out.push(first);
+        let deadline = tokio::time::Instant::now() + linger;
+        while n < max_events {
+            let next = match rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(_) if linger.is_zero() => None,
+                Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+            };
+            match next {
+                Some(b) => {
+                    n += b.len();
+                    out.push(b);
+                }
+                None => break,
+            }
+        }
+        metrics::gauge!(m::QUEUE_DEPTH, "edge" => self.edge).set(rx.len() as f64);
+        out
+    }
+}

@@ -1,0 +1,159 @@
+//! Embedder: consumes [`FootprintBatch`]es, emits [`RecordBatch`]es (each
+//! footprint with its vector, or none) to the ChainWriter. Owns the
+//! vector level. Only the heuristic vector is bound into blocks; ML levels
+//! are not built yet, so they fall back to heuristic vectors, said once in
+//! the log and in the `op_dbus_vector_fallback_active` gauge.
+
+use actix::prelude::*;
+
+use super::edge::{Inbox, Outbox};
+use super::{count_restart, pull, Delivery, Stage};
+use crate::chain::{Embedding, Record};
+use crate::config::VectorLevel;
+use crate::messages::{FootprintBatch, RecordBatch};
+use crate::metrics as m;
+use crate::vector::{heuristic, HEURISTIC_MODEL};
+
+/// Batches waiting for the Embedder.
+pub const INBOX_CAPACITY: usize = 64;
+
+pub struct Embedder {
+    inbox: Inbox<FootprintBatch>,
+    out: Option<Outbox<RecordBatch>>,
+    with_vectors: bool,
+}
+
+impl Embedder {
+    pub fn new(inbox: Inbox<FootprintBatch>, out: Outbox<RecordBatch>, level: VectorLevel) -> Self {
+        let with_vectors = match level {
+            VectorLevel::None => false,
+            VectorLevel::Heuristic => true,
+            ml => {
+                tracing::warn!(
+                    level = ml.as_str(),
+                    "ML vector levels are not available in this build; using heuristic vectors"
+                );
+                metrics::gauge!(m::VECTOR_FALLBACK).set(1.0);
+                true
+            }
+        };
+        Embedder { inbox, out: Some(out), with_vectors }
+    }
+}
+
+impl Actor for Embedder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        pull(self, ctx);
+    }
+}
+
+impl Supervised for Embedder {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        count_restart(Self::NAME);
+    }
+}
+
+impl Stage for Embedder {
+    type In = FootprintBatch;
+    const NAME: &'static str = "embedder";
+
+    fn inbox(&self) -> &Inbox<FootprintBatch> {
+        &self.inbox
+    }
+
+    fn on_batches(&mut self, batches: Vec<FootprintBatch>, _: &mut Context<Self>) -> Delivery {
+        let with_vectors = self.with_vectors;
+        let out: Vec<RecordBatch> = batches
+            .into_iter()
+            .map(|b| RecordBatch {
+                records: b
+                    .items
+                    .into_iter()
+                    .map(|(footprint, value)| {
+                        let embedding = with_vectors
+                            .then(|| Embedding { model: HEURISTIC_MODEL, values: heuristic(&footprint, &value).to_vec() });
+                        Record { footprint, embedding }
+                    })
+                    .collect(),
+                ack: b.ack,
+            })
+            .collect();
+        let tx = self.out.clone();
+        Box::pin(async move {
+            let Some(tx) = tx else { return };
+            for batch in out {
+                let n = batch.records.len() as u64;
+                if tx.send(batch).await.is_err() {
+                    tracing::error!("chain writer is gone; dropping records (their submitters get an error)");
+                    return;
+                }
+                metrics::counter!(m::STAGE_SENT, "stage" => Self::NAME).increment(n);
+            }
+        })
+    }
+
+    fn on_closed(&mut self, _: &mut Context<Self>) {
+        self.out = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::edge::edge;
+    use crate::actors::footprinter::footprint;
+    use crate::codec::{Source, Value};
+    use crate::messages::RawEvent;
+
+    fn item(i: u64) -> (crate::codec::Footprint, Value) {
+        footprint(
+            RawEvent {
+                source: Source::Import,
+                plugin_id: "org.freedesktop.NetworkManager".into(),
+                operation: "org.freedesktop.NetworkManager.StateChanged".into(),
+                path: None,
+                sender: None,
+                creds: None,
+                captured_ns: i as i64,
+                signature: String::new(),
+                data: Value::UInt(i),
+            },
+            1024,
+        )
+    }
+
+    async fn run(level: VectorLevel) -> Vec<Record> {
+        let (src, inbox) = edge("test->embedder", 4);
+        let (out, probe) = edge("embedder->probe", 4);
+        Embedder::new(inbox, out, level).start();
+        src.send(FootprintBatch { items: vec![item(1), item(2)], ack: None }).await.unwrap();
+        drop(src);
+        let mut records = Vec::new();
+        loop {
+            let got = probe.recv(100, std::time::Duration::ZERO).await;
+            if got.is_empty() {
+                return records;
+            }
+            records.extend(got.into_iter().flat_map(|b| b.records));
+        }
+    }
+
+    #[actix_rt::test]
+    async fn heuristic_level_attaches_64_dims() {
+        let records = run(VectorLevel::Heuristic).await;
+        assert_eq!(records.len(), 2);
+        for r in &records {
+            let e = r.embedding.as_ref().unwrap();
+            assert_eq!(e.model, HEURISTIC_MODEL);
+            assert_eq!(e.values.len(), 64);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn level_none_attaches_nothing() {
+        let records = run(VectorLevel::None).await;
+        assert!(records.iter().all(|r| r.embedding.is_none()));
+    }
+}

@@ -1,0 +1,169 @@
+//! Footprinter: consumes [`RawEventBatch`]es from sources, emits
+//! [`FootprintBatch`]es to the Embedder. Owns the canonical encoding of
+//! event data and the size cap: data above `max_data_bytes` is stored
+//! truncated (see [`footprint`]) with the hash of the full data.
+
+use actix::prelude::*;
+
+use super::edge::{Inbox, Outbox};
+use super::{count_restart, pull, Delivery, Stage};
+use crate::codec::{self, Footprint, Value, FLAG_TRUNCATED};
+use crate::messages::{FootprintBatch, RawEvent, RawEventBatch};
+use crate::metrics as m;
+
+/// Batches waiting for the Footprinter. Sources batch up to ~1k events, so
+/// this bounds the stage's backlog to about 64k events.
+pub const INBOX_CAPACITY: usize = 64;
+
+pub struct Footprinter {
+    inbox: Inbox<RawEventBatch>,
+    out: Option<Outbox<FootprintBatch>>,
+    max_data_bytes: usize,
+}
+
+impl Footprinter {
+    pub fn new(inbox: Inbox<RawEventBatch>, out: Outbox<FootprintBatch>, max_data_bytes: usize) -> Self {
+        Footprinter { inbox, out: Some(out), max_data_bytes }
+    }
+}
+
+impl Actor for Footprinter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        pull(self, ctx);
+    }
+}
+
+impl Supervised for Footprinter {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        count_restart(Self::NAME);
+    }
+}
+
+impl Stage for Footprinter {
+    type In = RawEventBatch;
+    const NAME: &'static str = "footprinter";
+
+    fn inbox(&self) -> &Inbox<RawEventBatch> {
+        &self.inbox
+    }
+
+    fn on_batches(&mut self, batches: Vec<RawEventBatch>, _: &mut Context<Self>) -> Delivery {
+        let max = self.max_data_bytes;
+        let out: Vec<FootprintBatch> = batches
+            .into_iter()
+            .map(|b| FootprintBatch { items: b.events.into_iter().map(|e| footprint(e, max)).collect(), ack: b.ack })
+            .collect();
+        let tx = self.out.clone();
+        Box::pin(async move {
+            let Some(tx) = tx else { return };
+            for batch in out {
+                let n = batch.items.len() as u64;
+                if tx.send(batch).await.is_err() {
+                    tracing::error!("embedder is gone; dropping footprints (their submitters get an error)");
+                    return;
+                }
+                metrics::counter!(m::STAGE_SENT, "stage" => Self::NAME).increment(n);
+            }
+        })
+    }
+
+    fn on_closed(&mut self, _: &mut Context<Self>) {
+        self.out = None;
+    }
+}
+
+/// Turns a raw event into a footprint. Data whose canonical encoding is
+/// larger than `max_data_bytes` is stored as a `bin` holding the first
+/// `max_data_bytes` bytes of that encoding, flagged [`FLAG_TRUNCATED`];
+/// `data_hash` is always the hash of the full encoding.
+pub fn footprint(e: RawEvent, max_data_bytes: usize) -> (Footprint, Value) {
+    let full = e.data.encode();
+    let data_hash = codec::data_hash(&full);
+    let (data, flags) = if full.len() > max_data_bytes {
+        metrics::counter!(m::TRUNCATED).increment(1);
+        (Value::Bin(full[..max_data_bytes].to_vec()).encode(), FLAG_TRUNCATED)
+    } else {
+        (full, 0)
+    };
+    let fp = Footprint {
+        source: e.source,
+        plugin_id: e.plugin_id,
+        operation: e.operation,
+        path: e.path,
+        sender: e.sender,
+        creds: e.creds,
+        captured_ns: e.captured_ns,
+        signature: e.signature,
+        data,
+        data_hash,
+        flags,
+    };
+    (fp, e.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::edge::edge;
+    use crate::codec::Source;
+
+    fn raw(data: Value) -> RawEvent {
+        RawEvent {
+            source: Source::Import,
+            plugin_id: "p".into(),
+            operation: "p.Op".into(),
+            path: None,
+            sender: None,
+            creds: None,
+            captured_ns: 7,
+            signature: String::new(),
+            data,
+        }
+    }
+
+    #[test]
+    fn data_is_encoded_and_hashed() {
+        let v = Value::map(vec![(Value::Str("k".into()), Value::UInt(1))]);
+        let (fp, back) = footprint(raw(v.clone()), 1024);
+        assert_eq!(back, v);
+        assert_eq!(fp.data, v.encode());
+        assert_eq!(fp.data_hash, codec::data_hash(&v.encode()));
+        assert_eq!(fp.flags, 0);
+    }
+
+    #[test]
+    fn data_above_the_cap_is_truncated_with_the_full_hash() {
+        let v = Value::Str("x".repeat(100));
+        let (fp, _) = footprint(raw(v.clone()), 10);
+        assert_eq!(fp.flags, FLAG_TRUNCATED);
+        assert_eq!(fp.data_hash, codec::data_hash(&v.encode()));
+        assert_eq!(Value::decode(&fp.data).unwrap(), Value::Bin(v.encode()[..10].to_vec()));
+    }
+
+    /// The actor with a probe in place of the Embedder.
+    #[actix_rt::test]
+    async fn forwards_batches_in_order_with_their_acks() {
+        let (src, inbox) = edge("test->footprinter", 4);
+        let (out, probe) = edge("footprinter->probe", 4);
+        Footprinter::new(inbox, out, 1024).start();
+        for i in 0..3 {
+            let (ack, _rx) = tokio::sync::oneshot::channel();
+            src.send(RawEventBatch { events: vec![raw(Value::UInt(i))], ack: Some(ack) }).await.unwrap();
+        }
+        drop(src);
+        let mut seen = Vec::new();
+        loop {
+            let got = probe.recv(100, std::time::Duration::ZERO).await;
+            if got.is_empty() {
+                break;
+            }
+            for b in got {
+                assert!(b.ack.is_some());
+                seen.extend(b.items.into_iter().map(|(_, v)| v));
+            }
+        }
+        assert_eq!(seen, vec![Value::UInt(0), Value::UInt(1), Value::UInt(2)]);
+    }
+}

@@ -1,0 +1,427 @@
+//! The chain on disk: append-only segment files under `@timing/`, their
+//! vectors under `@vectors/<model>/`. docs/FORMAT.md is the normative
+//! description of every byte written here.
+//!
+//! Only [`ChainStore`] (owned by the ChainWriter actor) appends; everything
+//! else reads through [`reader`].
+
+pub mod reader;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::codec::{self, BlockBody, Footprint, Hash, VectorRef, FORMAT_VERSION, ZERO_HASH};
+
+pub const SEGMENT_MAGIC: &[u8; 8] = b"OPDCHAIN";
+pub const VECTOR_MAGIC: &[u8; 8] = b"OPDVECTR";
+pub const HEADER_LEN: u64 = 24;
+/// Frame header: payload length, its bitwise complement, CRC-32 of the payload.
+pub const FRAME_HEADER_LEN: usize = 12;
+/// No frame is larger: a length above it is corruption, not a big record.
+pub const MAX_FRAME_LEN: u32 = 64 << 20;
+
+/// The three areas of a state dir.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub state_dir: PathBuf,
+    pub timing: PathBuf,
+    pub vectors: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Layout {
+    pub fn new(state_dir: &Path, cache_dir: Option<&Path>) -> Layout {
+        Layout {
+            state_dir: state_dir.to_path_buf(),
+            timing: state_dir.join("@timing"),
+            vectors: state_dir.join("@vectors"),
+            cache: cache_dir.map(Path::to_path_buf).unwrap_or_else(|| state_dir.join("@cache")),
+        }
+    }
+
+    pub fn create_dirs(&self) -> io::Result<()> {
+        for d in [&self.state_dir, &self.timing, &self.vectors, &self.cache] {
+            fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
+    pub fn segment_path(&self, first_seq: u64) -> PathBuf {
+        self.timing.join(format!("{first_seq:020}.chain"))
+    }
+
+    pub fn vector_path(&self, model: &str, first_seq: u64) -> PathBuf {
+        self.vectors.join(model).join(format!("{first_seq:020}.vec"))
+    }
+
+    /// First seqs of all segments, in order.
+    pub fn segments(&self) -> io::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.timing) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".chain") {
+                if let Ok(seq) = stem.parse::<u64>() {
+                    out.push(seq);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("chain is corrupt at seq {seq} ({kind}): {detail}; run `op-dbus verify` for the full report")]
+    Corrupt { seq: u64, kind: &'static str, detail: String },
+    #[error("injected failure: {0}")]
+    Injected(&'static str),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+pub fn segment_header(magic: &[u8; 8], extra: u32, first_seq: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(magic);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&extra.to_le_bytes());
+    h[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    h
+}
+
+/// A vector to store with a block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    pub model: &'static str,
+    pub values: Vec<f32>,
+}
+
+/// A footprint waiting for its seq.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub footprint: Footprint,
+    pub embedding: Option<Embedding>,
+}
+
+/// What the index needs to know of a durable block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Appended {
+    pub seq: u64,
+    pub hash: Hash,
+    pub segment: u64,
+    pub offset: u64,
+    pub frame_len: u32,
+    pub captured_ns: i64,
+    pub plugin_id: String,
+    pub operation: String,
+}
+
+/// The head of the chain: the next seq to assign and the hash it links to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub next_seq: u64,
+    pub hash: Hash,
+    pub timestamp_ns: i64,
+}
+
+impl Head {
+    pub const GENESIS: Head = Head { next_seq: 0, hash: ZERO_HASH, timestamp_ns: i64::MIN };
+
+    /// Seq of the last block, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.next_seq.checked_sub(1)
+    }
+}
+
+/// What opening the chain found and did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recovery {
+    /// Bytes cut from the end of the last segment (a torn tail).
+    pub cut_bytes: u64,
+    /// Vector bytes cut (written for a batch whose blocks never became durable).
+    pub cut_vector_bytes: u64,
+}
+
+struct VectorFile {
+    file: File,
+    path: PathBuf,
+    /// Durable length; bytes past it belong to no block.
+    len: u64,
+}
+
+/// The writer's handle on the chain. Exclusive: the state dir lock makes sure
+/// only one process holds one.
+pub struct ChainStore {
+    layout: Layout,
+    segment_max_bytes: u64,
+    segment_first: u64,
+    file: File,
+    path: PathBuf,
+    /// Durable length of the active segment.
+    len: u64,
+    vectors: BTreeMap<&'static str, VectorFile>,
+    head: Head,
+    buf: Vec<u8>,
+    /// Test hook: fail the n-th append after writing half of it.
+    fail_at_append: Option<u64>,
+    appends: u64,
+}
+
+impl ChainStore {
+    /// Opens the chain for appending, cutting a torn tail left by a crash.
+    /// Corruption anywhere else is an error: committed records are never cut.
+    pub fn open(layout: &Layout, segment_max_bytes: u64) -> Result<(ChainStore, Recovery), StoreError> {
+        layout.create_dirs().map_err(io_err(&layout.state_dir))?;
+        let segments = layout.segments().map_err(io_err(&layout.timing))?;
+        let mut recovery = Recovery::default();
+        let (segment_first, head, len, vector_ends) = match segments.last() {
+            None => {
+                create_segment(layout, 0)?;
+                (0, Head::GENESIS, HEADER_LEN, BTreeMap::new())
+            }
+            Some(&first) => {
+                let tail = reader::scan_tail(layout, &segments)?;
+                let path = layout.segment_path(first);
+                let file_len = fs::metadata(&path).map_err(io_err(&path))?.len();
+                if tail.valid_len < file_len {
+                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                    f.set_len(tail.valid_len).map_err(io_err(&path))?;
+                    f.sync_data().map_err(io_err(&path))?;
+                    recovery.cut_bytes = file_len - tail.valid_len;
+                    tracing::warn!(
+                        segment = %path.display(),
+                        cut_bytes = recovery.cut_bytes,
+                        head_seq = ?tail.head.last_seq(),
+                        "cut a torn tail left by an interrupted write"
+                    );
+                }
+                (first, tail.head, tail.valid_len, tail.vector_ends)
+            }
+        };
+        let path = layout.segment_path(segment_first);
+        let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        let mut store = ChainStore {
+            layout: layout.clone(),
+            segment_max_bytes,
+            segment_first,
+            file,
+            path,
+            len,
+            vectors: BTreeMap::new(),
+            head,
+            buf: Vec::with_capacity(1 << 20),
+            fail_at_append: None,
+            appends: 0,
+        };
+        recovery.cut_vector_bytes = store.trim_vector_files(&vector_ends)?;
+        Ok((store, recovery))
+    }
+
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Makes the `n`-th call to [`append`](Self::append) from now fail after
+    /// writing part of its batch (used by supervision tests).
+    pub fn inject_failure_at_append(&mut self, n: u64) {
+        self.fail_at_append = Some(self.appends + n);
+    }
+
+    /// Appends `records` as one durable batch: vectors are written and synced
+    /// first, then the blocks, then one fdatasync. Returns only after both
+    /// are on disk. On error nothing of the batch counts: the files are cut
+    /// back to their durable length before the error is returned.
+    pub fn append(&mut self, records: &[Record], now_ns: i64) -> Result<Vec<Appended>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.len >= self.segment_max_bytes {
+            self.rotate()?;
+        }
+        self.appends += 1;
+        let result = self.append_inner(records, now_ns);
+        if result.is_err() {
+            self.rollback();
+        }
+        result
+    }
+
+    fn append_inner(&mut self, records: &[Record], now_ns: i64) -> Result<Vec<Appended>, StoreError> {
+        let mut out = Vec::with_capacity(records.len());
+        let mut head = self.head;
+        // Commit time never goes backwards, whatever the wall clock does.
+        let ts = now_ns.max(head.timestamp_ns);
+        let mut vec_bufs: BTreeMap<&'static str, Vec<u8>> = BTreeMap::new();
+        self.buf.clear();
+        for rec in records {
+            let vector = match &rec.embedding {
+                None => None,
+                Some(e) => {
+                    let vf_len = self.vector_file(e.model, e.values.len() as u32)?.len;
+                    let vb = vec_bufs.entry(e.model).or_default();
+                    let offset = vf_len + vb.len() as u64;
+                    for x in &e.values {
+                        vb.extend_from_slice(&x.to_le_bytes());
+                    }
+                    Some(VectorRef {
+                        model: e.model.to_string(),
+                        dims: e.values.len() as u32,
+                        offset,
+                        hash: codec::vector_hash(&e.values),
+                    })
+                }
+            };
+            let body = BlockBody {
+                version: FORMAT_VERSION,
+                seq: head.next_seq,
+                prev_hash: head.hash,
+                timestamp_ns: ts,
+                footprint: rec.footprint.clone(),
+                vector,
+            };
+            let start = self.buf.len();
+            // Encode straight into the batch buffer, leaving room for the frame header.
+            self.buf.resize(start + FRAME_HEADER_LEN, 0);
+            body.encode_into(&mut self.buf);
+            let hash = codec::block_hash(&self.buf[start + FRAME_HEADER_LEN..]);
+            self.buf.extend_from_slice(&hash);
+            let payload_len = (self.buf.len() - start - FRAME_HEADER_LEN) as u32;
+            let crc = crc32fast::hash(&self.buf[start + FRAME_HEADER_LEN..]);
+            self.buf[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+            self.buf[start + 4..start + 8].copy_from_slice(&(!payload_len).to_le_bytes());
+            self.buf[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+            out.push(Appended {
+                seq: head.next_seq,
+                hash,
+                segment: self.segment_first,
+                offset: self.len + start as u64,
+                frame_len: (self.buf.len() - start) as u32,
+                captured_ns: rec.footprint.captured_ns,
+                plugin_id: rec.footprint.plugin_id.clone(),
+                operation: rec.footprint.operation.clone(),
+            });
+            head = Head { next_seq: head.next_seq + 1, hash, timestamp_ns: ts };
+        }
+
+        // Vectors first: a durable block must never point at a vector that is not.
+        for (model, vb) in &vec_bufs {
+            let vf = self.vectors.get_mut(model).expect("opened above");
+            vf.file.write_all(vb).map_err(io_err(&vf.path))?;
+            vf.file.sync_data().map_err(io_err(&vf.path))?;
+        }
+        if self.fail_at_append == Some(self.appends) {
+            let half = self.buf.len() / 2;
+            self.file.write_all(&self.buf[..half]).map_err(io_err(&self.path))?;
+            return Err(StoreError::Injected("append failed half-way"));
+        }
+        self.file.write_all(&self.buf).map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))?;
+
+        for (model, vb) in &vec_bufs {
+            self.vectors.get_mut(model).expect("opened above").len += vb.len() as u64;
+        }
+        self.len += self.buf.len() as u64;
+        self.head = head;
+        Ok(out)
+    }
+
+    /// Cuts both files back to their durable length after a failed append.
+    /// Best effort: if this fails too, the next [`open`](Self::open) finds
+    /// the bytes and the ChainWriter reconciles them with what it still holds.
+    fn rollback(&mut self) {
+        if let Err(e) = self.file.set_len(self.len).and_then(|_| self.file.sync_data()) {
+            tracing::error!(error = %e, path = %self.path.display(), "could not cut a failed batch");
+        }
+        for vf in self.vectors.values_mut() {
+            if let Err(e) = vf.file.set_len(vf.len).and_then(|_| vf.file.sync_data()) {
+                tracing::error!(error = %e, path = %vf.path.display(), "could not cut failed vectors");
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> Result<(), StoreError> {
+        let first = self.head.next_seq;
+        create_segment(&self.layout, first)?;
+        let path = self.layout.segment_path(first);
+        self.file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        self.path = path;
+        self.segment_first = first;
+        self.len = HEADER_LEN;
+        self.vectors.clear();
+        tracing::info!(first_seq = first, "started a new segment");
+        Ok(())
+    }
+
+    fn vector_file(&mut self, model: &'static str, dims: u32) -> Result<&mut VectorFile, StoreError> {
+        if !self.vectors.contains_key(model) {
+            let path = self.layout.vector_path(model, self.segment_first);
+            let dir = path.parent().expect("vector path has a parent");
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            let existed = path.exists();
+            let mut file = OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(io_err(&path))?;
+            let mut len = file.metadata().map_err(io_err(&path))?.len();
+            if !existed || len == 0 {
+                file.write_all(&segment_header(VECTOR_MAGIC, dims, self.segment_first)).map_err(io_err(&path))?;
+                file.sync_data().map_err(io_err(&path))?;
+                sync_dir(dir)?;
+                len = HEADER_LEN;
+            }
+            self.vectors.insert(model, VectorFile { file, path, len });
+        }
+        Ok(self.vectors.get_mut(model).expect("inserted above"))
+    }
+
+    /// After a crash the vector files may hold vectors of a batch whose
+    /// blocks never became durable; cut them to the end of the last vector a
+    /// block of this segment references.
+    fn trim_vector_files(&mut self, ends: &BTreeMap<String, u64>) -> Result<u64, StoreError> {
+        let mut cut = 0;
+        let models = match fs::read_dir(&self.layout.vectors) {
+            Ok(d) => d,
+            Err(_) => return Ok(0),
+        };
+        for m in models.flatten() {
+            let path = m.path().join(format!("{:020}.vec", self.segment_first));
+            let Ok(meta) = fs::metadata(&path) else { continue };
+            let model = m.file_name().to_string_lossy().into_owned();
+            let end = ends.get(&model).copied().unwrap_or(HEADER_LEN);
+            if meta.len() > end {
+                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                f.set_len(end).map_err(io_err(&path))?;
+                f.sync_data().map_err(io_err(&path))?;
+                cut += meta.len() - end;
+            }
+        }
+        Ok(cut)
+    }
+}
+
+fn create_segment(layout: &Layout, first_seq: u64) -> Result<(), StoreError> {
+    let path = layout.segment_path(first_seq);
+    let mut f = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_err(&path))?;
+    f.write_all(&segment_header(SEGMENT_MAGIC, 0, first_seq)).map_err(io_err(&path))?;
+    f.sync_data().map_err(io_err(&path))?;
+    sync_dir(&layout.timing)
+}
+
+/// A new file's name is durable only once its directory is synced.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}

@@ -1,0 +1,305 @@
+//! `op-dbus verify`: recompute every hash from the stored bytes, check seq
+//! continuity, prev links and vectors, and name the first bad seq.
+//!
+//! Frames of a segment are found sequentially (cheap: a header and a CRC),
+//! then decoded and hashed on all cores, then linked sequentially.
+
+use std::collections::HashMap;
+use std::fs;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::reader::{check_header, decode_payload, next_frame, split_payload, Step};
+use super::{io_err, Layout, StoreError, FRAME_HEADER_LEN, HEADER_LEN, SEGMENT_MAGIC, VECTOR_MAGIC};
+use crate::codec::{self, hex, Hash, FLAG_TRUNCATED, ZERO_HASH};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Stored bytes do not match their checksum or hash.
+    BitFlip,
+    /// Blocks are missing: a segment ends early or a later one is absent.
+    Truncation,
+    /// Blocks are present but out of order.
+    Reordering,
+    /// A block does not link to the hash of the block before it.
+    BrokenLink,
+    /// The block decodes but its data does not match its data hash.
+    DataHashMismatch,
+    /// The block references a vector that is not there.
+    MissingVector,
+    /// The vector is there but does not match the hash in the block.
+    WrongVector,
+    /// A segment or vector file header is damaged.
+    BadHeader,
+}
+
+impl FaultKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FaultKind::BitFlip => "bit flip",
+            FaultKind::Truncation => "truncation",
+            FaultKind::Reordering => "reordering",
+            FaultKind::BrokenLink => "broken link",
+            FaultKind::DataHashMismatch => "data hash mismatch",
+            FaultKind::MissingVector => "missing vector",
+            FaultKind::WrongVector => "wrong vector",
+            FaultKind::BadHeader => "bad header",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Fault {
+    pub seq: u64,
+    pub kind: FaultKind,
+    pub file: String,
+    pub offset: u64,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TornTail {
+    pub file: String,
+    pub offset: u64,
+    pub bytes: u64,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub blocks: u64,
+    pub segments: usize,
+    pub head_seq: Option<u64>,
+    pub head_hash: Option<String>,
+    /// An unfinished write after the last sound block (a crash, or a
+    /// writer still busy): not a fault; the next start cuts it.
+    pub torn_tail: Option<TornTail>,
+    pub fault: Option<Fault>,
+    pub seconds: f64,
+}
+
+/// What each worker finds in one frame.
+struct Checked {
+    seq: u64,
+    prev_hash: Hash,
+    hash: Hash,
+    offset: u64,
+}
+
+pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
+    let started = Instant::now();
+    let segments = layout.segments().map_err(io_err(&layout.timing))?;
+    let mut report = Report {
+        ok: true,
+        blocks: 0,
+        segments: segments.len(),
+        head_seq: None,
+        head_hash: None,
+        torn_tail: None,
+        fault: None,
+        seconds: 0.0,
+    };
+    let mut expected_seq = 0u64;
+    let mut prev_hash = ZERO_HASH;
+    for (i, &first) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
+        let path = layout.segment_path(first);
+        let file = path.display().to_string();
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let fault = |seq, kind, offset, detail: String| Fault { seq, kind, file: file.clone(), offset, detail };
+        match check_header(&bytes, SEGMENT_MAGIC) {
+            Err(e) => {
+                report.fault = Some(fault(expected_seq, FaultKind::BadHeader, 0, e.to_string()));
+                break;
+            }
+            Ok((named, _)) if named != first => {
+                report.fault =
+                    Some(fault(expected_seq, FaultKind::BadHeader, 0, format!("header names first seq {named}")));
+                break;
+            }
+            Ok(_) => {}
+        }
+        if first != expected_seq {
+            let kind = if first > expected_seq { FaultKind::Truncation } else { FaultKind::Reordering };
+            report.fault = Some(fault(
+                expected_seq,
+                kind,
+                0,
+                format!("segment starts at seq {first}, expected {expected_seq}"),
+            ));
+            break;
+        }
+
+        // 1. Find the frames.
+        let mut frames: Vec<(u64, &[u8])> = Vec::new();
+        let mut pos = HEADER_LEN as usize;
+        let mut stop: Option<Fault> = None;
+        loop {
+            match next_frame(&bytes, pos, 0) {
+                Step::End => break,
+                Step::Frame { offset, payload } => {
+                    frames.push((offset, payload));
+                    pos += FRAME_HEADER_LEN + payload.len();
+                }
+                Step::Torn { offset, reason } => {
+                    let seq = expected_seq + frames.len() as u64;
+                    if is_last {
+                        report.torn_tail =
+                            Some(TornTail { file: file.clone(), offset, bytes: bytes.len() as u64 - offset, reason });
+                    } else {
+                        stop = Some(fault(seq, FaultKind::Truncation, offset, format!("sealed segment: {reason}")));
+                    }
+                    break;
+                }
+                Step::Bad { offset, reason } => {
+                    let seq = expected_seq + frames.len() as u64;
+                    stop = Some(fault(seq, FaultKind::BitFlip, offset, reason.to_string()));
+                    break;
+                }
+            }
+        }
+
+        // 2. Decode and hash on all cores.
+        let vectors = VectorFiles::load(layout, first);
+        let base_seq = expected_seq;
+        let chunk = frames.len().div_ceil(threads.max(1)).max(1);
+        let results: Vec<Result<Checked, Fault>> = std::thread::scope(|s| {
+            let handles: Vec<_> = frames
+                .chunks(chunk)
+                .enumerate()
+                .map(|(ci, part)| {
+                    let vectors = &vectors;
+                    let file = &file;
+                    s.spawn(move || {
+                        part.iter()
+                            .enumerate()
+                            .map(|(j, (offset, payload))| {
+                                check_frame(base_seq + (ci * chunk + j) as u64, *offset, payload, vectors, file)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("verify worker panicked")).collect()
+        });
+
+        // 3. Link in order.
+        for r in results {
+            let c = match r {
+                Ok(c) => c,
+                Err(f) => {
+                    stop = Some(f);
+                    break;
+                }
+            };
+            if c.seq != expected_seq {
+                stop = Some(fault(
+                    expected_seq,
+                    FaultKind::Reordering,
+                    c.offset,
+                    format!("found seq {} where seq {expected_seq} belongs", c.seq),
+                ));
+                break;
+            }
+            if c.prev_hash != prev_hash {
+                stop = Some(fault(
+                    c.seq,
+                    FaultKind::BrokenLink,
+                    c.offset,
+                    format!(
+                        "prev_hash {} does not match the hash of seq {}: {}",
+                        hex(&c.prev_hash),
+                        c.seq.wrapping_sub(1),
+                        hex(&prev_hash)
+                    ),
+                ));
+                break;
+            }
+            prev_hash = c.hash;
+            expected_seq += 1;
+            report.blocks += 1;
+            report.head_seq = Some(c.seq);
+        }
+        if let Some(f) = stop {
+            report.fault = Some(f);
+            break;
+        }
+    }
+    report.head_hash = report.head_seq.map(|_| hex(&prev_hash));
+    report.ok = report.fault.is_none();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn check_frame(seq: u64, offset: u64, payload: &[u8], vectors: &VectorFiles, file: &str) -> Result<Checked, Fault> {
+    let fault = |kind, detail: String| Fault { seq, kind, file: file.to_string(), offset, detail };
+    let (body_bytes, stored) = split_payload(payload);
+    // The CRC passed, so a hash mismatch means the bytes were rewritten on purpose.
+    if codec::block_hash(body_bytes) != stored {
+        return Err(fault(FaultKind::BitFlip, "block hash does not match its bytes".into()));
+    }
+    let block = decode_payload(payload).map_err(|e| fault(FaultKind::BitFlip, e.to_string()))?;
+    let body = &block.body;
+    if body.seq != seq {
+        return Err(fault(FaultKind::Reordering, format!("found seq {} where seq {seq} belongs", body.seq)));
+    }
+    if body.footprint.flags & FLAG_TRUNCATED == 0 && codec::data_hash(&body.footprint.data) != body.footprint.data_hash
+    {
+        return Err(fault(FaultKind::DataHashMismatch, "stored data does not hash to data_hash".into()));
+    }
+    if let Some(v) = &body.vector {
+        let Some(vf) = vectors.files.get(&v.model) else {
+            return Err(fault(FaultKind::MissingVector, format!("no vector file for model {}", v.model)));
+        };
+        let bytes = match vf {
+            Ok(b) => b,
+            Err(e) => return Err(fault(FaultKind::MissingVector, e.clone())),
+        };
+        let end = v.offset as usize + v.dims as usize * 4;
+        if v.offset < HEADER_LEN || end > bytes.len() {
+            return Err(fault(
+                FaultKind::MissingVector,
+                format!("vector at offset {} is past the end of the {} file", v.offset, v.model),
+            ));
+        }
+        let values: Vec<f32> = bytes[v.offset as usize..end]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if codec::vector_hash(&values) != v.hash {
+            return Err(fault(FaultKind::WrongVector, format!("{} vector does not match its hash", v.model)));
+        }
+    }
+    Ok(Checked { seq: body.seq, prev_hash: body.prev_hash, hash: block.hash, offset })
+}
+
+/// The vector files paired with one segment, per model, read whole.
+struct VectorFiles {
+    files: HashMap<String, Result<Vec<u8>, String>>,
+}
+
+impl VectorFiles {
+    fn load(layout: &Layout, first: u64) -> VectorFiles {
+        let mut files = HashMap::new();
+        if let Ok(models) = fs::read_dir(&layout.vectors) {
+            for m in models.flatten() {
+                let model = m.file_name().to_string_lossy().into_owned();
+                let path = layout.vector_path(&model, first);
+                let loaded = match fs::read(&path) {
+                    Ok(b) => match check_header(&b, VECTOR_MAGIC) {
+                        Ok((f, _)) if f == first => Ok(b),
+                        Ok((f, _)) => Err(format!("{}: header names first seq {f}", path.display())),
+                        Err(e) => Err(format!("{}: {e}", path.display())),
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => Err(format!("{}: {e}", path.display())),
+                };
+                files.insert(model, loaded);
+            }
+        }
+        VectorFiles { files }
+    }
+}

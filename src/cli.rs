@@ -1,0 +1,688 @@
+//! The `op-dbus` command line. `main` only parses and maps the outcome to
+//! an exit code: 0 success, 1 a problem was found (verify failed, a bad
+//! import line), 2 bad usage or configuration, 3 a runtime failure.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::actors::cache_indexer::catch_up;
+use crate::actors::pipeline::{lock_state_dir, spawn_pipeline};
+use crate::chain::{reader, verify, Layout};
+use crate::codec::{hex, parse_hex_hash};
+use crate::config::{Config, ConfigError, Overrides};
+use crate::import::{self, LineReader, Limits, ReadLine};
+use crate::index::Index;
+use crate::messages::RawEventBatch;
+use crate::query::{self, Filter};
+
+pub const EXIT_PROBLEM: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_FAILURE: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "op-dbus", version, about = "Tamper-evident flight recorder of system state changes")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// State directory (chain, vectors, index) [env: OP_DBUS_STATE_DIR] [default: /var/lib/op-dbus]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Configuration file [default: /etc/op-dbus/op-dbus.toml if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: the pipeline and the metrics endpoint, until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Append footprints from a JSON-lines file (or - for stdin).
+    Import(ImportArgs),
+    /// Recompute every hash and check every link; exit 1 on any fault.
+    Verify(VerifyArgs),
+    /// List blocks, oldest first.
+    Log(LogArgs),
+    /// Show one block by seq or hash.
+    Show(ShowArgs),
+    /// Chain, index and storage status.
+    Status(JsonArg),
+    /// Rebuild the LMDB index from the chain.
+    Reindex,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Vector level: none, heuristic, low, medium, high [env: OP_DBUS_VECTOR_LEVEL]
+    #[arg(long)]
+    pub vector_level: Option<String>,
+    /// Most events per commit [env: OP_DBUS_MAX_BATCH]
+    #[arg(long)]
+    pub max_batch: Option<i64>,
+    /// Longest wait for more events before a commit, in ms [env: OP_DBUS_MAX_WAIT_MS]
+    #[arg(long)]
+    pub max_wait_ms: Option<i64>,
+    /// Address for /metrics and /health [env: OP_DBUS_METRICS_LISTEN]
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Do not serve metrics
+    #[arg(long)]
+    pub no_metrics: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// File to read, or - for standard input
+    pub file: PathBuf,
+    /// Skip bad lines (each is reported) instead of stopping at the first
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Print a JSON line to stdout each time a batch is durable
+    #[arg(long)]
+    pub report_commits: bool,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Vector level for these records [env: OP_DBUS_VECTOR_LEVEL]
+    #[arg(long)]
+    pub vector_level: Option<String>,
+    /// Most events per commit [env: OP_DBUS_MAX_BATCH]
+    #[arg(long)]
+    pub max_batch: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Captured at or after this time (RFC 3339 or ns since the epoch)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Captured before this time (RFC 3339 or ns since the epoch)
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub plugin: Option<String>,
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// Show only the most recent N matches
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A seq number or a block hash (64 hex digits)
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = if error.downcast_ref::<ConfigError>().is_some() { EXIT_USAGE } else { EXIT_FAILURE };
+        Failure { code, error }
+    }
+}
+
+pub fn main_with(cli: Cli) -> ExitCode {
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("op-dbus: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load_config(global: &Global, mut flags: Overrides) -> Result<Config, Failure> {
+    flags.state_dir = global.state_dir.clone();
+    Ok(Config::load(global.config.as_deref(), |k| std::env::var(k).ok(), &flags).map_err(anyhow::Error::from)?)
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Run(a) => {
+            let flags = Overrides {
+                vector_level: a.vector_level,
+                max_batch: a.max_batch,
+                max_wait_ms: a.max_wait_ms,
+                metrics_listen: a.metrics_listen,
+                no_metrics: a.no_metrics,
+                ..Default::default()
+            };
+            run(load_config(&cli.global, flags)?)
+        }
+        Command::Import(a) => {
+            let flags = Overrides { vector_level: a.vector_level.clone(), max_batch: a.max_batch, ..Default::default() };
+            import(load_config(&cli.global, flags)?, &a)
+        }
+        Command::Verify(a) => verify_cmd(&load_config(&cli.global, Overrides::default())?, a.json),
+        Command::Log(a) => log(&load_config(&cli.global, Overrides::default())?, &a),
+        Command::Show(a) => show(&load_config(&cli.global, Overrides::default())?, &a),
+        Command::Status(a) => status(&load_config(&cli.global, Overrides::default())?, a.json),
+        Command::Reindex => reindex(&load_config(&cli.global, Overrides::default())?),
+    }
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OP_DBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn run(cfg: Config) -> Result<u8, Failure> {
+    init_tracing();
+    let handle = if cfg.metrics_enabled { Some(crate::metrics::install()?) } else { None };
+    let system = actix_rt::System::new();
+    let result: anyhow::Result<()> = system.block_on(async move {
+        let pipeline = spawn_pipeline(cfg.pipeline())?;
+        let health = pipeline.health.clone();
+        tracing::info!(
+            state_dir = %cfg.state_dir.display(),
+            head = health.chain_height.load(std::sync::atomic::Ordering::Acquire),
+            vector_level = cfg.vector_level.as_str(),
+            "op-dbus is recording"
+        );
+        if let Some(handle) = handle {
+            let h = health.clone();
+            let addr = cfg.metrics_listen;
+            // Fail start-up if the port is taken rather than run unobservable.
+            let listener_check = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for metrics on {addr} (metrics.listen)"))?;
+            drop(listener_check);
+            actix_rt::spawn(async move {
+                let health = move || {
+                    use std::sync::atomic::Ordering::Acquire;
+                    let failing = h.writer_failing.load(Acquire);
+                    let chain = h.chain_height.load(Acquire);
+                    let index = h.index_height.load(Acquire);
+                    let body = json!({
+                        "status": if failing { "failing" } else { "ok" },
+                        "chain_height": chain,
+                        "index_height": index,
+                        "index_lag": chain.saturating_sub(index),
+                    });
+                    (!failing, body.to_string())
+                };
+                if let Err(e) = crate::metrics::serve(addr, handle, health).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            });
+        }
+        wait_for_signal().await?;
+        tracing::info!("stopping: draining the pipeline");
+        pipeline.shutdown(cfg.shutdown_deadline).await?;
+        tracing::info!(head = health.chain_height.load(std::sync::atomic::Ordering::Acquire), "stopped cleanly");
+        Ok(())
+    });
+    result?;
+    Ok(0)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Lines per batch handed to the pipeline.
+const IMPORT_BATCH: usize = 1024;
+
+/// What the reader thread hands the acknowledgement task for each batch.
+struct Sent {
+    last_line: u64,
+    count: usize,
+    ack: tokio::sync::oneshot::Receiver<Result<crate::messages::Committed, crate::messages::PipelineError>>,
+}
+
+#[derive(Default)]
+struct ReadOutcome {
+    lines: u64,
+    blank: u64,
+    invalid: u64,
+    /// The bad line that stopped the import (without --skip-invalid).
+    stopped_at: Option<(u64, String)>,
+    io_error: Option<String>,
+}
+
+fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
+    init_tracing();
+    let input: Box<dyn std::io::Read + Send> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?,
+        )
+    };
+    let limits = Limits { max_data_bytes: cfg.max_data_bytes, max_depth: cfg.max_depth };
+    let skip_invalid = args.skip_invalid;
+    let report = args.report_commits;
+    let progress = std::io::stderr().is_terminal();
+    let started = Instant::now();
+
+    let system = actix_rt::System::new();
+    let outcome: anyhow::Result<(ReadOutcome, u64, Option<crate::messages::Committed>, bool)> =
+        system.block_on(async move {
+            let pipeline = spawn_pipeline(cfg.pipeline())?;
+            if pipeline.recovery.cut_bytes > 0 {
+                eprintln!(
+                    "op-dbus: recovered: cut {} bytes of an interrupted write at the end of the chain",
+                    pipeline.recovery.cut_bytes
+                );
+            }
+            let source = pipeline.source();
+            let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<Sent>(256);
+            let reader = std::thread::spawn(move || {
+                let mut out = ReadOutcome::default();
+                let mut lines = LineReader::new(std::io::BufReader::with_capacity(256 << 10, input), limits.max_line_bytes());
+                let mut buf = Vec::new();
+                let mut batch = Vec::with_capacity(IMPORT_BATCH);
+                let flush = |batch: &mut Vec<_>, last_line: u64| -> bool {
+                    if batch.is_empty() {
+                        return true;
+                    }
+                    let (ack, rx) = tokio::sync::oneshot::channel();
+                    let count = batch.len();
+                    let events = std::mem::replace(batch, Vec::with_capacity(IMPORT_BATCH));
+                    source.blocking_send(RawEventBatch { events, ack: Some(ack) }).is_ok()
+                        && sent_tx.blocking_send(Sent { last_line, count, ack: rx }).is_ok()
+                };
+                loop {
+                    // Hand over a partial batch before waiting on a slow pipe.
+                    if !batch.is_empty() && lines.buffer_empty() && !flush(&mut batch, lines.line_no) {
+                        break;
+                    }
+                    let now = now_ns();
+                    let event = match lines.next_line(&mut buf) {
+                        Err(e) => {
+                            out.io_error = Some(e.to_string());
+                            break;
+                        }
+                        Ok(ReadLine::Eof) => break,
+                        Ok(ReadLine::TooLong) => Err(format!("longer than {} bytes", limits.max_line_bytes())),
+                        Ok(ReadLine::Line(l)) if l.iter().all(u8::is_ascii_whitespace) => {
+                            out.blank += 1;
+                            continue;
+                        }
+                        Ok(ReadLine::Line(l)) => import::parse_line(l, limits, now).map_err(|e| e.to_string()),
+                    };
+                    out.lines = lines.line_no;
+                    match event {
+                        Ok(e) => {
+                            batch.push(e);
+                            if batch.len() >= IMPORT_BATCH && !flush(&mut batch, lines.line_no) {
+                                break;
+                            }
+                        }
+                        Err(msg) => {
+                            out.invalid += 1;
+                            if skip_invalid {
+                                if out.invalid <= 20 {
+                                    eprintln!("op-dbus: line {}: {msg} (skipped)", lines.line_no);
+                                }
+                            } else {
+                                out.stopped_at = Some((lines.line_no, msg));
+                                break;
+                            }
+                        }
+                    }
+                }
+                let last = out.stopped_at.as_ref().map_or(lines.line_no, |(l, _)| l - 1);
+                flush(&mut batch, last);
+                out
+            });
+
+            let mut committed = 0u64;
+            let mut head = None;
+            let mut lost = false;
+            let mut last_progress = Instant::now();
+            while let Some(sent) = sent_rx.recv().await {
+                match sent.ack.await {
+                    Ok(Ok(c)) => {
+                        committed += sent.count as u64;
+                        head = Some(c);
+                        if report {
+                            let line = json!({
+                                "committed": committed,
+                                "through_line": sent.last_line,
+                                "last_seq": c.last_seq,
+                                "head_hash": hex(&c.head_hash),
+                            });
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "{line}");
+                            let _ = out.flush();
+                        }
+                        if progress && last_progress.elapsed() > Duration::from_millis(250) {
+                            eprint!("\rimported {committed} records (line {})", sent.last_line);
+                            last_progress = Instant::now();
+                        }
+                    }
+                    _ => {
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+            drop(sent_rx);
+            let outcome = reader.join().map_err(|_| anyhow::anyhow!("the import reader panicked"))?;
+            if progress {
+                eprintln!();
+            }
+            pipeline.shutdown(cfg.shutdown_deadline).await?;
+            Ok((outcome, committed, head, lost))
+        });
+    let (outcome, committed, head, lost) = outcome?;
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "committed": committed,
+                "lines": outcome.lines,
+                "blank_lines": outcome.blank,
+                "invalid_lines": outcome.invalid,
+                "stopped_at_line": outcome.stopped_at.as_ref().map(|(l, _)| l),
+                "error": outcome.stopped_at.as_ref().map(|(_, e)| e),
+                "head_seq": head.map(|h| h.last_seq),
+                "head_hash": head.map(|h| hex(&h.head_hash)),
+                "seconds": secs,
+            })
+        );
+    } else {
+        let head_text = head.map_or("none".to_string(), |h| format!("seq {} hash {}", h.last_seq, hex(&h.head_hash)));
+        println!(
+            "committed {committed} records in {secs:.2}s ({:.0}/s); head {head_text}",
+            committed as f64 / secs.max(1e-9)
+        );
+        if outcome.invalid > 0 && skip_invalid {
+            println!("skipped {} invalid lines", outcome.invalid);
+        }
+        if outcome.blank > 0 {
+            println!("ignored {} blank lines", outcome.blank);
+        }
+    }
+    if let Some(e) = outcome.io_error {
+        return Err(anyhow::anyhow!("reading input failed after line {}: {e}", outcome.lines).into());
+    }
+    if lost {
+        return Err(anyhow::anyhow!("the pipeline stopped before all records were durable").into());
+    }
+    if let Some((line, msg)) = outcome.stopped_at {
+        eprintln!("op-dbus: line {line}: {msg}; nothing from this line on was written (use --skip-invalid to go past bad lines)");
+        return Ok(EXIT_PROBLEM);
+    }
+    Ok(0)
+}
+
+fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    d.as_nanos().min(i64::MAX as u128) as i64
+}
+
+/// Opens the index for reading if it exists (read commands never create it).
+fn open_index(layout: &Layout) -> Option<Index> {
+    if !layout.cache.join("index").join("data.mdb").exists() {
+        return None;
+    }
+    match Index::open(&layout.cache) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            eprintln!("op-dbus: index unavailable ({e}); reading the chain directly");
+            None
+        }
+    }
+}
+
+fn verify_cmd(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
+    let layout = cfg.layout();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut report = verify::verify(&layout, threads).map_err(anyhow::Error::from)?;
+    // The index is a witness of how far the chain once reached: a chain
+    // cut at a record boundary shows up here.
+    if report.fault.is_none() {
+        if let Some(head) = open_index(&layout).and_then(|i| i.head().ok().flatten()) {
+            let chain_next = report.head_seq.map_or(0, |s| s + 1);
+            if head.seq >= chain_next {
+                report.fault = Some(verify::Fault {
+                    seq: chain_next,
+                    kind: verify::FaultKind::Truncation,
+                    file: layout.timing.display().to_string(),
+                    offset: 0,
+                    detail: format!("the index recorded seq {} but the chain ends before seq {chain_next}", head.seq),
+                });
+                report.ok = false;
+            }
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?);
+    } else {
+        if let Some(t) = &report.torn_tail {
+            println!(
+                "note: {} bytes of an unfinished write at {} offset {} ({}); the next start cuts them",
+                t.bytes, t.file, t.offset, t.reason
+            );
+        }
+        match &report.fault {
+            None => println!(
+                "ok: {} blocks in {} segments verified in {:.2}s ({:.0} blocks/s); head seq {} hash {}",
+                report.blocks,
+                report.segments,
+                report.seconds,
+                report.blocks as f64 / report.seconds.max(1e-9),
+                report.head_seq.map_or("none".into(), |s| s.to_string()),
+                report.head_hash.as_deref().unwrap_or("none"),
+            ),
+            Some(f) => println!(
+                "FAILED at seq {}: {} in {} at offset {}: {}",
+                f.seq,
+                f.kind.describe(),
+                f.file,
+                f.offset,
+                f.detail
+            ),
+        }
+    }
+    Ok(if report.ok { 0 } else { EXIT_PROBLEM })
+}
+
+fn parse_time(key: &str, s: &str) -> anyhow::Result<i64> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .with_context(|| format!("--{key} {s:?}: expected an RFC 3339 time or nanoseconds since the epoch"))
+}
+
+fn log(cfg: &Config, a: &LogArgs) -> Result<u8, Failure> {
+    let layout = cfg.layout();
+    let filter = Filter {
+        since: a.since.as_deref().map(|s| parse_time("since", s)).transpose().map_err(usage)?,
+        until: a.until.as_deref().map(|s| parse_time("until", s)).transpose().map_err(usage)?,
+        plugin: a.plugin.clone(),
+        operation: a.operation.clone(),
+        limit: a.limit,
+    };
+    let index = open_index(&layout);
+    let blocks = query::query(&layout, index.as_ref(), &filter).map_err(anyhow::Error::from)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for b in &blocks {
+        let line = if a.json { query::block_json(b).to_string() } else { query::block_line(b) };
+        if writeln!(out, "{line}").is_err() {
+            break; // stdout closed (e.g. piped into head)
+        }
+    }
+    let _ = out.flush();
+    Ok(0)
+}
+
+fn usage(e: anyhow::Error) -> Failure {
+    Failure { code: EXIT_USAGE, error: e }
+}
+
+fn show(cfg: &Config, a: &ShowArgs) -> Result<u8, Failure> {
+    let layout = cfg.layout();
+    let index = open_index(&layout);
+    let block = if let Ok(seq) = a.id.parse::<u64>() {
+        query::by_seq(&layout, index.as_ref(), seq)
+    } else if let Some(hash) = parse_hex_hash(&a.id) {
+        query::by_hash(&layout, index.as_ref(), &hash)
+    } else {
+        return Err(usage(anyhow::anyhow!("{:?} is neither a seq number nor a 64-digit hex hash", a.id)));
+    }
+    .map_err(anyhow::Error::from)?;
+    let Some(b) = block else {
+        eprintln!("op-dbus: no block {}", a.id);
+        return Ok(EXIT_PROBLEM);
+    };
+    let j = query::block_json(&b);
+    if a.json {
+        println!("{j}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&j).map_err(anyhow::Error::from)?);
+    }
+    Ok(0)
+}
+
+/// Name of the filesystem holding `path`, from statfs(2).
+pub fn filesystem_type(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return "unknown".into() };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "unknown".into();
+    }
+    match st.f_type as u64 {
+        0x9123_683e => "btrfs".into(),
+        0xef53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x794c_7630 => "overlayfs".into(),
+        other => format!("0x{other:x}"),
+    }
+}
+
+fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
+    let layout = cfg.layout();
+    let segments = layout.segments().map_err(anyhow::Error::from)?;
+    let head = reader::read_head(&layout).map_err(anyhow::Error::from)?;
+    let chain_bytes: u64 =
+        segments.iter().filter_map(|s| std::fs::metadata(layout.segment_path(*s)).ok()).map(|m| m.len()).sum();
+    let index = open_index(&layout);
+    let (index_next, index_entries, index_bytes) = match &index {
+        Some(i) => {
+            let next = i.head().ok().flatten().map_or(0, |h| h.seq + 1);
+            let (n, size) = i.stats().unwrap_or((0, 0));
+            (Some(next), n, size)
+        }
+        None => (None, 0, 0),
+    };
+    let lock = layout.state_dir.join("op-dbus.lock");
+    let running = std::fs::File::open(&lock).ok().and_then(|f| match f.try_lock_shared() {
+        Ok(()) => None,
+        Err(_) => Some(std::fs::read_to_string(&lock).unwrap_or_default().trim().to_string()),
+    });
+    let fs = filesystem_type(&layout.state_dir);
+    let storage = if fs == "btrfs" { "btrfs" } else { "plain folders (not on BTRFS)" };
+    let j = json!({
+        "state_dir": layout.state_dir,
+        "filesystem": fs,
+        "storage": storage,
+        "writer_pid": running,
+        "chain": {
+            "blocks": head.next_seq,
+            "head_seq": head.last_seq(),
+            "head_hash": head.last_seq().map(|_| hex(&head.hash)),
+            "segments": segments.len(),
+            "bytes": chain_bytes,
+        },
+        "index": {
+            "present": index.is_some(),
+            "blocks": index_next,
+            "entries": index_entries,
+            "lag": index_next.map(|n| head.next_seq.saturating_sub(n)),
+            "bytes": index_bytes,
+        },
+        "vector_level": cfg.vector_level.as_str(),
+    });
+    if as_json {
+        println!("{j}");
+    } else {
+        println!("state dir   {} ({fs}; storage: {storage})", layout.state_dir.display());
+        println!("writer      {}", running.map_or("none running".into(), |p| format!("pid {p}")));
+        println!(
+            "chain       {} blocks in {} segments, {} bytes; head {}",
+            head.next_seq,
+            segments.len(),
+            chain_bytes,
+            head.last_seq().map_or("none".into(), |s| format!("seq {s} hash {}", hex(&head.hash)))
+        );
+        match index_next {
+            Some(n) => println!(
+                "index       {n} blocks ({} behind), {index_bytes} bytes",
+                head.next_seq.saturating_sub(n)
+            ),
+            None => println!("index       absent (run `op-dbus reindex`)"),
+        }
+        println!("vectors     level {}", cfg.vector_level.as_str());
+    }
+    Ok(0)
+}
+
+fn reindex(cfg: &Config) -> Result<u8, Failure> {
+    init_tracing();
+    let layout = cfg.layout();
+    let _lock = lock_state_dir(&layout)?;
+    let started = Instant::now();
+    let index = Index::open(&layout.cache).context("cannot open the index")?;
+    index.clear().context("cannot clear the index")?;
+    let next = catch_up(&index, &layout, None).context("rebuilding the index")?;
+    index.sync().context("cannot sync the index")?;
+    let secs = started.elapsed().as_secs_f64();
+    println!("reindexed {next} blocks in {secs:.2}s ({:.0}/s)", next as f64 / secs.max(1e-9));
+    Ok(0)
+}

@@ -1,0 +1,553 @@
+//! The chain's canonical encoding: what is hashed, and therefore what must
+//! never change for format version 1. `docs/FORMAT.md` is the normative
+//! description; this module is its implementation.
+//!
+//! Everything hashed is MessagePack in canonical form:
+//! - integers use the shortest encoding (non-negative values always as
+//!   positive fixint / uint 8..64, negative values as negative fixint /
+//!   int 8..64), which is what `rmp::encode::write_uint` / `write_sint` do;
+//! - floats are always float 64;
+//! - maps have unique keys, sorted by the bytes of their canonical encoding;
+//! - structs are positional arrays (rmp-serde's default), `None` is nil.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Format version written in every block body and segment header.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const BLOCK_DOMAIN: &[u8] = b"op-dbus:block:v1\0";
+pub const DATA_DOMAIN: &[u8] = b"op-dbus:data:v1\0";
+pub const VECTOR_DOMAIN: &[u8] = b"op-dbus:vector:v1\0";
+
+/// Bit 0 of `Footprint::flags`: `data` holds a truncated copy of the event
+/// data; `data_hash` is still the hash of the full data.
+pub const FLAG_TRUNCATED: u32 = 1;
+
+pub type Hash = [u8; 32];
+
+pub const ZERO_HASH: Hash = [0u8; 32];
+
+pub fn hash_with_domain(domain: &[u8], bytes: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(domain);
+    h.update(bytes);
+    h.finalize().into()
+}
+
+pub fn data_hash(data: &[u8]) -> Hash {
+    hash_with_domain(DATA_DOMAIN, data)
+}
+
+pub fn block_hash(body: &[u8]) -> Hash {
+    hash_with_domain(BLOCK_DOMAIN, body)
+}
+
+/// Hash of a vector: domain, then each component as little-endian f32.
+pub fn vector_hash(vector: &[f32]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(VECTOR_DOMAIN);
+    for x in vector {
+        h.update(x.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+pub fn hex(hash: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(hash.len() * 2);
+    for b in hash {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+pub fn parse_hex_hash(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// Where an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Captured from a D-Bus connection.
+    Dbus,
+    /// Submitted by another program through the D-Bus service.
+    Submit,
+    /// Read by `op-dbus import`.
+    Import,
+    /// Written by op-dbus itself (gap and snapshot records).
+    Internal,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Dbus => "dbus",
+            Source::Submit => "submit",
+            Source::Import => "import",
+            Source::Internal => "internal",
+        }
+    }
+}
+
+/// Credentials of the sender, where the bus told us.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    pub unit: Option<String>,
+}
+
+/// One recorded event, as stored in a block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Footprint {
+    pub source: Source,
+    pub plugin_id: String,
+    pub operation: String,
+    pub path: Option<String>,
+    pub sender: Option<String>,
+    pub creds: Option<Credentials>,
+    /// Capture time, UTC nanoseconds since the Unix epoch.
+    pub captured_ns: i64,
+    /// D-Bus type signature of `data`; empty for untyped (JSON) data.
+    pub signature: String,
+    /// Canonical MessagePack encoding of the event data (see [`Value`]).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    #[serde(with = "hash_bytes")]
+    pub data_hash: Hash,
+    pub flags: u32,
+}
+
+/// Reference from a block to its vector in `@vectors/`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VectorRef {
+    /// Model id, e.g. `heuristic-v1`; names the folder under `@vectors/`.
+    pub model: String,
+    pub dims: u32,
+    /// Byte offset of the vector in the vector file paired with the block's segment.
+    pub offset: u64,
+    #[serde(with = "hash_bytes")]
+    pub hash: Hash,
+}
+
+/// Everything a block's hash covers. Encoded as a 6-element array.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockBody {
+    pub version: u32,
+    pub seq: u64,
+    #[serde(with = "hash_bytes")]
+    pub prev_hash: Hash,
+    /// Commit time assigned by ChainWriter, UTC ns, never decreasing along the chain.
+    pub timestamp_ns: i64,
+    pub footprint: Footprint,
+    pub vector: Option<VectorRef>,
+}
+
+impl BlockBody {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.footprint.data.len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail and every field is representable.
+        rmp_serde::encode::write(out, self).expect("block body encodes");
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let body: BlockBody = rmp_serde::from_slice(bytes).map_err(|e| CodecError::Body(e.to_string()))?;
+        if body.version != FORMAT_VERSION {
+            return Err(CodecError::Version(body.version));
+        }
+        Ok(body)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("block body does not decode: {0}")]
+    Body(String),
+    #[error("unknown block format version {0}")]
+    Version(u32),
+    #[error("event data does not decode: {0}")]
+    Data(String),
+}
+
+mod hash_bytes {
+    use super::Hash;
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(h)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Hash;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Hash, E> {
+                v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Event data in canonical form. Maps keep their entries sorted by the
+/// canonical encoding of the key, without duplicates; non-negative integers
+/// are always `UInt`, negative ones `Int`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Bin(Vec<u8>),
+    Array(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+}
+
+/// Why a JSON document cannot become event data.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DataError {
+    #[error("data nests deeper than {max} levels")]
+    TooDeep { max: usize },
+    #[error("data encodes to {size} bytes, above the cap of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+}
+
+impl Value {
+    pub fn int(v: i64) -> Value {
+        if v >= 0 {
+            Value::UInt(v as u64)
+        } else {
+            Value::Int(v)
+        }
+    }
+
+    /// Builds a canonical map: entries sorted by encoded key, last duplicate wins.
+    pub fn map(entries: Vec<(Value, Value)>) -> Value {
+        let mut keyed: Vec<(Vec<u8>, Value, Value)> =
+            entries.into_iter().map(|(k, v)| (k.encode(), k, v)).collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Value, Value)> = Vec::with_capacity(keyed.len());
+        let mut last_key: Option<Vec<u8>> = None;
+        for (kb, k, v) in keyed {
+            if last_key.as_ref() == Some(&kb) {
+                out.last_mut().expect("duplicate follows an entry").1 = v;
+            } else {
+                out.push((k, v));
+                last_key = Some(kb);
+            }
+        }
+        Value::Map(out)
+    }
+
+    /// Converts JSON, rejecting documents nested deeper than `max_depth`.
+    /// Depth counts containers: `1` is depth 0, `[1]` depth 1.
+    pub fn from_json(json: &serde_json::Value, max_depth: usize) -> Result<Value, DataError> {
+        Self::from_json_at(json, 0, max_depth)
+    }
+
+    fn from_json_at(json: &serde_json::Value, depth: usize, max: usize) -> Result<Value, DataError> {
+        use serde_json::Value as J;
+        Ok(match json {
+            J::Null => Value::Nil,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    Value::UInt(u)
+                } else if let Some(i) = n.as_i64() {
+                    Value::int(i)
+                } else {
+                    // serde_json never yields NaN or infinity.
+                    Value::Float(n.as_f64().unwrap_or(0.0))
+                }
+            }
+            J::String(s) => Value::Str(s.clone()),
+            J::Array(a) => {
+                if depth >= max {
+                    return Err(DataError::TooDeep { max });
+                }
+                Value::Array(a.iter().map(|v| Self::from_json_at(v, depth + 1, max)).collect::<Result<_, _>>()?)
+            }
+            J::Object(o) => {
+                if depth >= max {
+                    return Err(DataError::TooDeep { max });
+                }
+                let mut entries = Vec::with_capacity(o.len());
+                for (k, v) in o {
+                    entries.push((Value::Str(k.clone()), Self::from_json_at(v, depth + 1, max)?));
+                }
+                Value::map(entries)
+            }
+        })
+    }
+
+    /// JSON view for display: binary becomes an array of numbers, map keys
+    /// that are not strings become their JSON text.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Nil => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::UInt(u) => J::from(*u),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Bin(b) => J::Array(b.iter().map(|x| J::from(*x)).collect()),
+            Value::Array(a) => J::Array(a.iter().map(Value::to_json).collect()),
+            Value::Map(m) => {
+                let mut o = serde_json::Map::new();
+                for (k, v) in m {
+                    let key = match k {
+                        Value::Str(s) => s.clone(),
+                        other => other.to_json().to_string(),
+                    };
+                    o.insert(key, v.to_json());
+                }
+                J::Object(o)
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmp_serde::encode::write(&mut out, self).expect("value encodes");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Value, CodecError> {
+        rmp_serde::from_slice(bytes).map_err(|e| CodecError::Data(e.to_string()))
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Nil => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::UInt(u) => s.serialize_u64(*u),
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Str(v) => s.serialize_str(v),
+            Value::Bin(b) => s.serialize_bytes(b),
+            Value::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+            Value::Map(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a MessagePack value")
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Nil)
+            }
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Nil)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                Ok(Value::UInt(v))
+            }
+            fn visit_f32<E>(self, v: f32) -> Result<Value, E> {
+                Ok(Value::Float(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Str(v.to_owned()))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+                Ok(Value::Bin(v.to_vec()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(Value::Array(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry()? {
+                    out.push((k, v));
+                }
+                Ok(Value::Map(out))
+            }
+            fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+                Err(de::Error::custom("msgpack ext types are not used by op-dbus"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_footprint() -> Footprint {
+        let data = Value::map(vec![
+            (Value::Str("unit".into()), Value::Str("nginx.service".into())),
+            (Value::Str("result".into()), Value::Str("done".into())),
+        ])
+        .encode();
+        Footprint {
+            source: Source::Import,
+            plugin_id: "org.freedesktop.systemd1".into(),
+            operation: "org.freedesktop.systemd1.Manager.JobRemoved".into(),
+            path: Some("/org/freedesktop/systemd1".into()),
+            sender: None,
+            creds: None,
+            captured_ns: 1_700_000_000_000_000_000,
+            signature: String::new(),
+            data_hash: data_hash(&data),
+            data,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn integers_use_shortest_form() {
+        assert_eq!(Value::UInt(5).encode(), vec![0x05]);
+        assert_eq!(Value::UInt(200).encode(), vec![0xcc, 200]);
+        assert_eq!(Value::Int(-1).encode(), vec![0xff]);
+        assert_eq!(Value::Int(-200).encode(), vec![0xd1, 0xff, 0x38]);
+        assert_eq!(Value::Float(1.0).encode(), vec![0xcb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn map_keys_are_sorted_and_unique() {
+        let m = Value::map(vec![
+            (Value::Str("b".into()), Value::UInt(1)),
+            (Value::Str("a".into()), Value::UInt(2)),
+            (Value::Str("b".into()), Value::UInt(3)),
+        ]);
+        assert_eq!(
+            m,
+            Value::Map(vec![(Value::Str("a".into()), Value::UInt(2)), (Value::Str("b".into()), Value::UInt(3))])
+        );
+    }
+
+    #[test]
+    fn json_depth_is_capped() {
+        let deep: serde_json::Value = serde_json::from_str("[[[1]]]").unwrap();
+        assert!(Value::from_json(&deep, 3).is_ok());
+        assert_eq!(Value::from_json(&deep, 2), Err(DataError::TooDeep { max: 2 }));
+    }
+
+    #[test]
+    fn block_body_is_a_six_element_array() {
+        let body = BlockBody {
+            version: FORMAT_VERSION,
+            seq: 0,
+            prev_hash: ZERO_HASH,
+            timestamp_ns: 1,
+            footprint: sample_footprint(),
+            vector: None,
+        };
+        let bytes = body.encode();
+        assert_eq!(bytes[0], 0x96, "fixarray of 6");
+        assert_eq!(BlockBody::decode(&bytes).unwrap(), body);
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::int),
+            any::<u64>().prop_map(Value::UInt),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::Float),
+            ".{0,12}".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(Value::Bin),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((inner.clone(), inner), 0..6).prop_map(Value::map),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn value_round_trips_byte_for_byte(v in arb_value()) {
+            let bytes = v.encode();
+            let back = Value::decode(&bytes).unwrap();
+            prop_assert_eq!(back.encode(), bytes);
+        }
+
+        #[test]
+        fn block_round_trips_and_hash_is_stable(
+            seq in any::<u64>(), ts in any::<i64>(), captured in any::<i64>(),
+            prev in any::<[u8; 32]>(), v in arb_value(), plugin in "[a-z.]{1,20}",
+            with_vec in any::<bool>(), off in any::<u64>(), flags in any::<u32>(),
+        ) {
+            let data = v.encode();
+            let body = BlockBody {
+                version: FORMAT_VERSION, seq, prev_hash: prev, timestamp_ns: ts,
+                footprint: Footprint {
+                    source: Source::Dbus, plugin_id: plugin.clone(), operation: format!("{plugin}.Op"),
+                    path: None, sender: Some(":1.2".into()),
+                    creds: Some(Credentials { uid: Some(0), pid: None, unit: Some("x.service".into()) }),
+                    captured_ns: captured, signature: "a{sv}".into(), data_hash: data_hash(&data), data, flags,
+                },
+                vector: with_vec.then(|| VectorRef { model: "heuristic-v1".into(), dims: 64, offset: off, hash: prev }),
+            };
+            let bytes = body.encode();
+            let back = BlockBody::decode(&bytes).unwrap();
+            prop_assert_eq!(&back, &body);
+            prop_assert_eq!(back.encode(), bytes.clone());
+            prop_assert_eq!(block_hash(&back.encode()), block_hash(&bytes));
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Configuration: defaults, then the TOML file, then environment
+//! variables, then command-line flags. Every value is checked once, here;
+//! an invalid one stops start-up with a message naming the key, the value
+//! and what is allowed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorLevel {
+    None,
+    Heuristic,
+    Low,
+    Medium,
+    High,
+}
+
+impl VectorLevel {
+    pub const ALLOWED: &'static str = "none, heuristic, low, medium, high";
+
+    pub fn parse(s: &str) -> Option<VectorLevel> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "none" => VectorLevel::None,
+            "heuristic" => VectorLevel::Heuristic,
+            "low" => VectorLevel::Low,
+            "medium" => VectorLevel::Medium,
+            "high" => VectorLevel::High,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VectorLevel::None => "none",
+            VectorLevel::Heuristic => "heuristic",
+            VectorLevel::Low => "low",
+            VectorLevel::Medium => "medium",
+            VectorLevel::High => "high",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {key} = {value:?} (from {origin}): allowed: {allowed}")]
+    Invalid { key: &'static str, value: String, origin: String, allowed: String },
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub cache_dir: Option<PathBuf>,
+    pub vector_level: VectorLevel,
+    pub model_dir: PathBuf,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub segment_max_bytes: u64,
+    pub max_data_bytes: usize,
+    pub max_depth: usize,
+    pub index_sync_interval: Duration,
+    pub metrics_enabled: bool,
+    pub metrics_listen: SocketAddr,
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/op-dbus"),
+            cache_dir: None,
+            vector_level: VectorLevel::Heuristic,
+            model_dir: PathBuf::from("/var/lib/op-dbus/models"),
+            max_batch: 4096,
+            max_wait: Duration::from_millis(1),
+            segment_max_bytes: 64 << 20,
+            max_data_bytes: 1 << 20,
+            max_depth: 64,
+            index_sync_interval: Duration::from_secs(1),
+            metrics_enabled: true,
+            metrics_listen: "127.0.0.1:9464".parse().expect("valid address"),
+            shutdown_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The TOML file; every field optional so that the file overrides only what it names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    chain: ChainSection,
+    #[serde(default)]
+    vector: VectorSection,
+    #[serde(default)]
+    input: InputSection,
+    #[serde(default)]
+    index: IndexSection,
+    #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    daemon: DaemonSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainSection {
+    max_batch: Option<i64>,
+    max_wait_ms: Option<i64>,
+    segment_max_mb: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VectorSection {
+    level: Option<String>,
+    model_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputSection {
+    max_data_bytes: Option<i64>,
+    max_depth: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexSection {
+    sync_interval_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    enabled: Option<bool>,
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonSection {
+    shutdown_deadline_s: Option<i64>,
+}
+
+/// Overrides from command-line flags.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub vector_level: Option<String>,
+    pub max_batch: Option<i64>,
+    pub max_wait_ms: Option<i64>,
+    pub metrics_listen: Option<String>,
+    pub no_metrics: bool,
+}
+
+/// A value with where it came from, for error messages.
+struct Src<T> {
+    value: T,
+    origin: String,
+}
+
+fn int_in(key: &'static str, v: Src<i64>, lo: i64, hi: i64) -> Result<i64, ConfigError> {
+    if v.value < lo || v.value > hi {
+        return Err(ConfigError::Invalid {
+            key,
+            value: v.value.to_string(),
+            origin: v.origin,
+            allowed: format!("an integer from {lo} to {hi}"),
+        });
+    }
+    Ok(v.value)
+}
+
+impl Config {
+    /// Loads the configuration. `file` is the `--config` path; without it
+    /// `/etc/op-dbus/op-dbus.toml` is read if it exists. `env` looks up
+    /// environment variables (a parameter so tests need not touch the process environment).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let default_path = Path::new("/etc/op-dbus/op-dbus.toml");
+        let path = match file {
+            Some(p) => Some(p.to_path_buf()),
+            None if default_path.exists() => Some(default_path.to_path_buf()),
+            None => None,
+        };
+        let fc = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse { path: p.clone(), message: e.to_string().trim().to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        let file_origin = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let mut c = Config::default();
+
+        // Layered lookups: flag, then env, then file.
+        let pick_int = |key: &'static str,
+                        flag: Option<i64>,
+                        env_name: &'static str,
+                        file_val: Option<i64>|
+         -> Result<Option<Src<i64>>, ConfigError> {
+            if let Some(v) = flag {
+                return Ok(Some(Src { value: v, origin: "command line".into() }));
+            }
+            if let Some(s) = env(env_name) {
+                let value = s.trim().parse::<i64>().map_err(|_| ConfigError::Invalid {
+                    key,
+                    value: s.clone(),
+                    origin: format!("environment {env_name}"),
+                    allowed: "an integer".into(),
+                })?;
+                return Ok(Some(Src { value, origin: format!("environment {env_name}") }));
+            }
+            Ok(file_val.map(|v| Src { value: v, origin: file_origin.clone() }))
+        };
+
+        if let Some(p) = flags.state_dir.clone().or_else(|| env("OP_DBUS_STATE_DIR").map(PathBuf::from)).or(fc.state_dir)
+        {
+            c.state_dir = p;
+        }
+        c.cache_dir = env("OPDBUS_CACHE_DIR").map(PathBuf::from).or(fc.cache_dir);
+        if let Some(p) = env("OP_DBUS_MODEL_DIR").map(PathBuf::from).or(fc.vector.model_dir) {
+            c.model_dir = p;
+        }
+
+        let level = match (&flags.vector_level, env("OP_DBUS_VECTOR_LEVEL"), &fc.vector.level) {
+            (Some(v), _, _) => Some(Src { value: v.clone(), origin: "command line".into() }),
+            (None, Some(v), _) => Some(Src { value: v, origin: "environment OP_DBUS_VECTOR_LEVEL".into() }),
+            (None, None, Some(v)) => Some(Src { value: v.clone(), origin: file_origin.clone() }),
+            _ => None,
+        };
+        if let Some(l) = level {
+            c.vector_level = VectorLevel::parse(&l.value).ok_or(ConfigError::Invalid {
+                key: "vector.level",
+                value: l.value.clone(),
+                origin: l.origin,
+                allowed: VectorLevel::ALLOWED.into(),
+            })?;
+        }
+
+        if let Some(v) = pick_int("chain.max_batch", flags.max_batch, "OP_DBUS_MAX_BATCH", fc.chain.max_batch)? {
+            c.max_batch = int_in("chain.max_batch", v, 1, 65_536)? as usize;
+        }
+        if let Some(v) = pick_int("chain.max_wait_ms", flags.max_wait_ms, "OP_DBUS_MAX_WAIT_MS", fc.chain.max_wait_ms)? {
+            c.max_wait = Duration::from_millis(int_in("chain.max_wait_ms", v, 0, 1000)? as u64);
+        }
+        if let Some(v) = pick_int("chain.segment_max_mb", None, "OP_DBUS_SEGMENT_MAX_MB", fc.chain.segment_max_mb)? {
+            c.segment_max_bytes = (int_in("chain.segment_max_mb", v, 1, 4096)? as u64) << 20;
+        }
+        if let Some(v) = pick_int("input.max_data_bytes", None, "OP_DBUS_MAX_DATA_BYTES", fc.input.max_data_bytes)? {
+            c.max_data_bytes = int_in("input.max_data_bytes", v, 1024, 32 << 20)? as usize;
+        }
+        if let Some(v) = pick_int("input.max_depth", None, "OP_DBUS_MAX_DEPTH", fc.input.max_depth)? {
+            c.max_depth = int_in("input.max_depth", v, 1, 100)? as usize;
+        }
+        if let Some(v) = pick_int("index.sync_interval_ms", None, "OP_DBUS_INDEX_SYNC_MS", fc.index.sync_interval_ms)? {
+            c.index_sync_interval = Duration::from_millis(int_in("index.sync_interval_ms", v, 10, 600_000)? as u64);
+        }
+        if let Some(v) =
+            pick_int("daemon.shutdown_deadline_s", None, "OP_DBUS_SHUTDOWN_DEADLINE_S", fc.daemon.shutdown_deadline_s)?
+        {
+            c.shutdown_deadline = Duration::from_secs(int_in("daemon.shutdown_deadline_s", v, 1, 3600)? as u64);
+        }
+
+        if let Some(e) = fc.metrics.enabled {
+            c.metrics_enabled = e;
+        }
+        if let Some(s) = env("OP_DBUS_METRICS") {
+            c.metrics_enabled = match s.trim() {
+                "1" | "true" | "on" => true,
+                "0" | "false" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "metrics.enabled",
+                        value: s,
+                        origin: "environment OP_DBUS_METRICS".into(),
+                        allowed: "true or false".into(),
+                    })
+                }
+            };
+        }
+        if flags.no_metrics {
+            c.metrics_enabled = false;
+        }
+        let listen = match (&flags.metrics_listen, env("OP_DBUS_METRICS_LISTEN"), &fc.metrics.listen) {
+            (Some(v), _, _) => Some(Src { value: v.clone(), origin: "command line".into() }),
+            (None, Some(v), _) => Some(Src { value: v, origin: "environment OP_DBUS_METRICS_LISTEN".into() }),
+            (None, None, Some(v)) => Some(Src { value: v.clone(), origin: file_origin.clone() }),
+            _ => None,
+        };
+        if let Some(l) = listen {
+            c.metrics_listen = l.value.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics.listen",
+                value: l.value.clone(),
+                origin: l.origin,
+                allowed: "an IP address and port, such as 127.0.0.1:9464".into(),
+            })?;
+        }
+        Ok(c)
+    }
+
+    pub fn layout(&self) -> crate::chain::Layout {
+        crate::chain::Layout::new(&self.state_dir, self.cache_dir.as_deref())
+    }
+
+    pub fn pipeline(&self) -> crate::actors::pipeline::PipelineConfig {
+        crate::actors::pipeline::PipelineConfig {
+            layout: self.layout(),
+            max_batch: self.max_batch,
+            max_wait: self.max_wait,
+            segment_max_bytes: self.segment_max_bytes,
+            vector_level: self.vector_level,
+            max_data_bytes: self.max_data_bytes,
+            index_sync_interval: self.index_sync_interval,
+            faults: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(toml: Option<&str>, env: &[(&str, &str)], flags: Overrides) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        if let Some(t) = toml {
+            std::fs::write(&path, t).unwrap();
+        }
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(toml.map(|_| path.as_path()), |k| env.get(k).cloned(), &flags)
+    }
+
+    #[test]
+    fn shipped_default_file_parses_to_the_defaults() {
+        let text = include_str!("../config/op-dbus.toml");
+        let c = load(Some(text), &[], Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let toml = "[chain]\nmax_batch = 10\n[vector]\nlevel = \"none\"\n";
+        assert_eq!(load(Some(toml), &[], Overrides::default()).unwrap().max_batch, 10);
+        let env = [("OP_DBUS_MAX_BATCH", "20"), ("OP_DBUS_VECTOR_LEVEL", "heuristic")];
+        let c = load(Some(toml), &env, Overrides::default()).unwrap();
+        assert_eq!((c.max_batch, c.vector_level), (20, VectorLevel::Heuristic));
+        let c = load(Some(toml), &env, Overrides { max_batch: Some(30), ..Default::default() }).unwrap();
+        assert_eq!(c.max_batch, 30);
+    }
+
+    #[test]
+    fn invalid_values_name_key_value_and_allowed() {
+        let e = load(None, &[("OP_DBUS_VECTOR_LEVEL", "huge")], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("vector.level") && e.contains("huge") && e.contains("none, heuristic"), "{e}");
+        let e = load(Some("[chain]\nmax_batch = 0\n"), &[], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("chain.max_batch") && e.contains("\"0\"") && e.contains("1 to 65536"), "{e}");
+        let e = load(None, &[("OP_DBUS_MAX_WAIT_MS", "soon")], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("chain.max_wait_ms") && e.contains("soon"), "{e}");
+        let e = load(Some("[chain]\nmax_btach = 3\n"), &[], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("max_btach"), "{e}");
+        let e = load(None, &[], Overrides { metrics_listen: Some("nowhere".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.listen") && e.contains("command line"), "{e}");
+    }
+}

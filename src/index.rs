@@ -1,0 +1,356 @@
+//! The LMDB index under `@cache/index/`: the one place that touches heed.
+//!
+//! Derived data: every entry can be rebuilt from the chain (`reindex`), so the
+//! environment is opened with `NO_SYNC` (a process crash loses nothing, the
+//! kernel still has the pages; a power cut can lose the last transactions or,
+//! on filesystems that reorder writes, damage the file, and then it is
+//! rebuilt) and synced on a timer. The indexed head (seq and hash) is written
+//! in the same transaction as the entries, so the index is always a prefix
+//! of the chain and catching up starts right after it.
+//!
+//! Databases (keys big-endian so that LMDB's byte order is numeric order):
+//! - `meta`:       `head` -> seq u64 ‖ hash[32]
+//! - `by_seq`:     seq -> segment u64 ‖ offset u64 ‖ frame_len u32
+//! - `by_hash`:    hash[32] -> seq
+//! - `by_time`:    captured_ns (sign bit flipped) u64 ‖ seq -> ()
+//! - `by_plugin_op`: plugin_id ‖ 0 ‖ operation ‖ 0 ‖ seq -> ()
+
+use std::path::{Path, PathBuf};
+
+use heed::types::{Bytes, Str, Unit};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags};
+
+use crate::chain::Appended;
+use crate::codec::Hash;
+
+/// Initial map size. LMDB reserves address space, not disk; the map grows
+/// by doubling when a write transaction hits `MDB_MAP_FULL`.
+const INITIAL_MAP_SIZE: usize = 256 << 20;
+const MAX_MAP_SIZE: usize = 1 << 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index at {path}: {source}")]
+    Lmdb { path: PathBuf, source: heed::Error },
+    #[error("index at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("index at {path}: map size would exceed {MAX_MAP_SIZE} bytes")]
+    MapLimit { path: PathBuf },
+}
+
+/// Position of a block in the chain files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    pub frame_len: u32,
+}
+
+pub struct Index {
+    env: Env,
+    path: PathBuf,
+    meta: Database<Str, Bytes>,
+    by_seq: Database<Bytes, Bytes>,
+    by_hash: Database<Bytes, Bytes>,
+    by_time: Database<Bytes, Unit>,
+    by_plugin_op: Database<Bytes, Unit>,
+}
+
+/// Seq and hash of the last indexed block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexedHead {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+pub fn time_key(captured_ns: i64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&((captured_ns as u64) ^ (1 << 63)).to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Longest name kept verbatim in a by_plugin_op key. LMDB keys are at most
+/// 511 bytes and an operation (interface.member) can reach 511 on its own.
+const KEY_PART_MAX: usize = 200;
+
+/// A name as it appears in a key: verbatim when short, else its first 160
+/// bytes, 0xFF (never in UTF-8, so no short name collides) and 16 bytes of
+/// its SHA-256. Queries filter on the full name afterwards.
+fn key_part(k: &mut Vec<u8>, name: &str) {
+    if name.len() <= KEY_PART_MAX {
+        k.extend_from_slice(name.as_bytes());
+    } else {
+        use sha2::Digest;
+        k.extend_from_slice(&name.as_bytes()[..160]);
+        k.push(0xff);
+        k.extend_from_slice(&sha2::Sha256::digest(name.as_bytes())[..16]);
+    }
+    k.push(0);
+}
+
+pub fn plugin_op_prefix(plugin_id: &str, operation: Option<&str>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(KEY_PART_MAX * 2 + 10);
+    key_part(&mut k, plugin_id);
+    if let Some(op) = operation {
+        key_part(&mut k, op);
+    }
+    k
+}
+
+fn seq_from_tail(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"))
+}
+
+impl Index {
+    /// Opens (creating if needed) the index in `dir`.
+    pub fn open(dir: &Path) -> Result<Index, IndexError> {
+        Self::open_with_map_size(dir, INITIAL_MAP_SIZE)
+    }
+
+    /// As [`open`](Self::open), starting from a given map size.
+    pub fn open_with_map_size(dir: &Path, initial_map_size: usize) -> Result<Index, IndexError> {
+        let path = dir.join("index");
+        std::fs::create_dir_all(&path).map_err(|source| IndexError::Io { path: path.clone(), source })?;
+        let lmdb = |source| IndexError::Lmdb { path: path.clone(), source };
+        let mut opts = EnvOpenOptions::new();
+        // Start at least as large as the file already is, or LMDB refuses it.
+        let existing = std::fs::metadata(path.join("data.mdb")).map(|m| m.len() as usize).unwrap_or(0);
+        let mut map_size = initial_map_size;
+        while map_size < existing * 2 {
+            map_size *= 2;
+        }
+        opts.map_size(map_size).max_dbs(8);
+        // SAFETY: heed's open is unsafe because the memory map must not be
+        // modified behind LMDB's back. Only op-dbus opens this directory,
+        // through this function; concurrent processes (the daemon and a CLI
+        // reader) coordinate through LMDB's own lock file, which we never
+        // touch, and the directory is never on a network filesystem (it
+        // lives in the state dir). NO_SYNC is safe for derived data: see the
+        // module comment. NO_READAHEAD keeps random by_hash reads from
+        // pulling whole extents into the page cache.
+        unsafe {
+            opts.flags(EnvFlags::NO_SYNC | EnvFlags::NO_READ_AHEAD);
+        }
+        let env = unsafe { opts.open(&path) }.map_err(lmdb)?;
+        let mut wtxn = env.write_txn().map_err(lmdb)?;
+        let meta = env.create_database(&mut wtxn, Some("meta")).map_err(lmdb)?;
+        let by_seq = env.create_database(&mut wtxn, Some("by_seq")).map_err(lmdb)?;
+        let by_hash = env.create_database(&mut wtxn, Some("by_hash")).map_err(lmdb)?;
+        let by_time = env.create_database(&mut wtxn, Some("by_time")).map_err(lmdb)?;
+        let by_plugin_op = env.create_database(&mut wtxn, Some("by_plugin_op")).map_err(lmdb)?;
+        wtxn.commit().map_err(lmdb)?;
+        Ok(Index { env, path, meta, by_seq, by_hash, by_time, by_plugin_op })
+    }
+
+    fn lmdb(&self) -> impl Fn(heed::Error) -> IndexError + '_ {
+        |source| IndexError::Lmdb { path: self.path.clone(), source }
+    }
+
+    pub fn head(&self) -> Result<Option<IndexedHead>, IndexError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
+        Ok(self.meta.get(&rtxn, "head").map_err(self.lmdb())?.and_then(|v| {
+            let seq = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+            let hash: Hash = v.get(8..40)?.try_into().ok()?;
+            Some(IndexedHead { seq, hash })
+        }))
+    }
+
+    /// Indexes a run of consecutive blocks in one transaction, growing the
+    /// map if it is full. Blocks at or below the indexed head are skipped,
+    /// so replaying a batch is harmless.
+    pub fn insert(&self, blocks: &[Appended]) -> Result<(), IndexError> {
+        loop {
+            match self.try_insert(blocks) {
+                Err(heed::Error::Mdb(heed::MdbError::MapFull)) => self.grow()?,
+                other => return other.map_err(self.lmdb()),
+            }
+        }
+    }
+
+    fn try_insert(&self, blocks: &[Appended]) -> Result<(), heed::Error> {
+        let mut wtxn = self.env.write_txn()?;
+        let head = self.meta.get(&wtxn, "head")?.map(|v| u64::from_be_bytes(v[..8].try_into().expect("8 bytes")));
+        let fresh: Vec<&Appended> = blocks.iter().filter(|b| head.is_none_or(|h| b.seq > h)).collect();
+        let Some(last) = fresh.last() else { return Ok(()) };
+        // by_seq keys only ever grow: APPEND skips the search and fills pages completely.
+        for b in &fresh {
+            let mut loc = [0u8; 20];
+            loc[..8].copy_from_slice(&b.segment.to_be_bytes());
+            loc[8..16].copy_from_slice(&b.offset.to_be_bytes());
+            loc[16..].copy_from_slice(&b.frame_len.to_be_bytes());
+            self.by_seq.put_with_flags(&mut wtxn, PutFlags::APPEND, &b.seq.to_be_bytes(), &loc)?;
+        }
+        // The other trees take keys in sorted order, so each page is visited once per batch.
+        let mut hashes: Vec<(&[u8], u64)> = fresh.iter().map(|b| (&b.hash[..], b.seq)).collect();
+        hashes.sort_unstable();
+        for (h, seq) in hashes {
+            self.by_hash.put(&mut wtxn, h, &seq.to_be_bytes())?;
+        }
+        let mut times: Vec<[u8; 16]> = fresh.iter().map(|b| time_key(b.captured_ns, b.seq)).collect();
+        times.sort_unstable();
+        for k in &times {
+            self.by_time.put(&mut wtxn, k, &())?;
+        }
+        let mut pops: Vec<Vec<u8>> = fresh
+            .iter()
+            .map(|b| {
+                let mut k = plugin_op_prefix(&b.plugin_id, Some(&b.operation));
+                k.extend_from_slice(&b.seq.to_be_bytes());
+                k
+            })
+            .collect();
+        pops.sort_unstable();
+        for k in &pops {
+            self.by_plugin_op.put(&mut wtxn, k, &())?;
+        }
+        let mut head = [0u8; 40];
+        head[..8].copy_from_slice(&last.seq.to_be_bytes());
+        head[8..].copy_from_slice(&last.hash);
+        self.meta.put(&mut wtxn, "head", &head)?;
+        wtxn.commit()
+    }
+
+    fn grow(&self) -> Result<(), IndexError> {
+        let size = self.env.info().map_size * 2;
+        if size > MAX_MAP_SIZE {
+            return Err(IndexError::MapLimit { path: self.path.clone() });
+        }
+        tracing::info!(map_size = size, "growing the LMDB map");
+        // SAFETY: resize requires that no transaction is open in this
+        // process. Only the CacheIndexer writes, from one thread, and it
+        // calls this between transactions; readers in other processes pick
+        // the new size up on their next transaction (LMDB handles that).
+        unsafe { self.env.resize(size) }.map_err(self.lmdb())
+    }
+
+    /// Flushes to disk (the environment runs with NO_SYNC).
+    pub fn sync(&self) -> Result<(), IndexError> {
+        self.env.force_sync().map_err(self.lmdb())
+    }
+
+    /// Removes every entry (before a rebuild).
+    pub fn clear(&self) -> Result<(), IndexError> {
+        let mut wtxn = self.env.write_txn().map_err(self.lmdb())?;
+        self.meta.clear(&mut wtxn).map_err(self.lmdb())?;
+        self.by_seq.clear(&mut wtxn).map_err(self.lmdb())?;
+        self.by_hash.clear(&mut wtxn).map_err(self.lmdb())?;
+        self.by_time.clear(&mut wtxn).map_err(self.lmdb())?;
+        self.by_plugin_op.clear(&mut wtxn).map_err(self.lmdb())?;
+        wtxn.commit().map_err(self.lmdb())
+    }
+
+    pub fn location(&self, seq: u64) -> Result<Option<Location>, IndexError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
+        Ok(self.by_seq.get(&rtxn, &seq.to_be_bytes()).map_err(self.lmdb())?.map(|v| Location {
+            segment: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            offset: u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")),
+            frame_len: u32::from_be_bytes(v[16..20].try_into().expect("4 bytes")),
+        }))
+    }
+
+    pub fn seq_of_hash(&self, hash: &Hash) -> Result<Option<u64>, IndexError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
+        Ok(self.by_hash.get(&rtxn, hash).map_err(self.lmdb())?.map(|v| u64::from_be_bytes(v.try_into().expect("8"))))
+    }
+
+    /// Seqs of blocks captured in [since, until), in time order.
+    pub fn seqs_in_time(&self, since: i64, until: i64) -> Result<Vec<u64>, IndexError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
+        let lo = time_key(since, 0);
+        let hi = time_key(until, 0);
+        let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Excluded(&hi[..]));
+        let mut out = Vec::new();
+        for item in self.by_time.range(&rtxn, &range).map_err(self.lmdb())? {
+            let (k, ()) = item.map_err(self.lmdb())?;
+            out.push(seq_from_tail(k));
+        }
+        Ok(out)
+    }
+
+    /// Seqs of blocks of a plugin (and operation), in seq order.
+    pub fn seqs_of_plugin(&self, plugin_id: &str, operation: Option<&str>) -> Result<Vec<u64>, IndexError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
+        let prefix = plugin_op_prefix(plugin_id, operation);
+        let mut out = Vec::new();
+        for item in self.by_plugin_op.prefix_iter(&rtxn, &prefix).map_err(self.lmdb())? {
+            let (k, ()) = item.map_err(self.lmdb())?;
+            out.push(seq_from_tail(k));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Number of indexed blocks and the size of the environment on disk.
+    pub fn stats(&self) -> Result<(u64, u64), IndexError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
+        let n = self.by_seq.len(&rtxn).map_err(self.lmdb())?;
+        let size = std::fs::metadata(self.path.join("data.mdb")).map(|m| m.len()).unwrap_or(0);
+        Ok((n, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appended(seq: u64, plugin: &str, ts: i64) -> Appended {
+        let mut hash = [0u8; 32];
+        hash[..8].copy_from_slice(&seq.wrapping_mul(0x9e3779b97f4a7c15).to_le_bytes());
+        Appended {
+            seq,
+            hash,
+            segment: 0,
+            offset: 24 + seq * 100,
+            frame_len: 100,
+            captured_ns: ts,
+            plugin_id: plugin.into(),
+            operation: format!("{plugin}.Changed"),
+        }
+    }
+
+    #[test]
+    fn lookups_by_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let blocks: Vec<_> = (0..100).map(|i| appended(i, if i % 2 == 0 { "a" } else { "b" }, i as i64 - 50)).collect();
+        index.insert(&blocks[..60]).unwrap();
+        index.insert(&blocks[40..]).unwrap(); // overlap is skipped
+        assert_eq!(index.head().unwrap().unwrap().seq, 99);
+        assert_eq!(index.location(7).unwrap().unwrap().offset, 724);
+        assert_eq!(index.seq_of_hash(&blocks[33].hash).unwrap(), Some(33));
+        assert_eq!(index.seqs_in_time(-50, -45).unwrap(), vec![0, 1, 2, 3, 4]);
+        let b = index.seqs_of_plugin("b", Some("b.Changed")).unwrap();
+        assert_eq!(b.len(), 50);
+        assert!(b.iter().all(|s| s % 2 == 1));
+        assert_eq!(index.seqs_of_plugin("a", None).unwrap().len(), 50);
+        assert_eq!(index.stats().unwrap().0, 100);
+    }
+
+    #[test]
+    fn names_longer_than_a_key_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let mut b = appended(0, &"i".repeat(255), 0);
+        b.operation = format!("{}.{}", "i".repeat(255), "m".repeat(255));
+        index.insert(&[b.clone()]).unwrap();
+        assert_eq!(index.seqs_of_plugin(&b.plugin_id, Some(&b.operation)).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn map_grows_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open_with_map_size(dir.path(), 1 << 20).unwrap();
+        let before = index.env.info().map_size;
+        // Long names fill the map quickly, and longer than a key may be.
+        let plugin = "p".repeat(255);
+        for chunk in 0..40u64 {
+            let blocks: Vec<_> = (chunk * 1000..(chunk + 1) * 1000).map(|i| appended(i, &plugin, i as i64)).collect();
+            index.insert(&blocks).unwrap();
+            if index.env.info().map_size > before {
+                return;
+            }
+        }
+        panic!("map never grew");
+    }
+}

@@ -1,0 +1,15 @@
+//! op-dbus: a tamper-evident flight recorder of system state changes.
+//! See ARCHITECTURE.md for the map of this crate and docs/FORMAT.md for the
+//! chain's on-disk format.
+
+pub mod actors;
+pub mod chain;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod import;
+pub mod index;
+pub mod messages;
+pub mod metrics;
+pub mod query;
+pub mod vector;

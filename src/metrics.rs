@@ -1,0 +1,97 @@
+//! Every metric op-dbus exports, with its description and unit, in one
+//! place. Names follow Vector's convention `op_dbus_<name>_<unit>[_total]`;
+//! labels take a handful of fixed values (stage and edge names), so the
+//! label sets stay bounded. Stages emit per batch, never per event.
+
+use std::net::SocketAddr;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const STAGE_RECEIVED: &str = "op_dbus_stage_received_events_total";
+pub const STAGE_SENT: &str = "op_dbus_stage_sent_events_total";
+pub const QUEUE_DEPTH: &str = "op_dbus_queue_depth_batches";
+pub const QUEUE_CAPACITY: &str = "op_dbus_queue_capacity_batches";
+pub const QUEUE_BLOCKED: &str = "op_dbus_queue_blocked_microseconds_total";
+pub const QUEUE_DROPPED: &str = "op_dbus_queue_dropped_batches_total";
+pub const COMMIT_BATCH: &str = "op_dbus_commit_batch_size_events";
+pub const COMMIT_DURATION: &str = "op_dbus_commit_duration_seconds";
+pub const COMMIT_ERRORS: &str = "op_dbus_commit_errors_total";
+pub const CHAIN_HEIGHT: &str = "op_dbus_chain_height_blocks";
+pub const INDEX_HEAD: &str = "op_dbus_index_height_blocks";
+pub const INDEX_LAG: &str = "op_dbus_index_lag_blocks";
+pub const INDEX_DURATION: &str = "op_dbus_index_batch_duration_seconds";
+pub const ACTOR_RESTARTS: &str = "op_dbus_actor_restarts_total";
+pub const VECTOR_FALLBACK: &str = "op_dbus_vector_fallback_active";
+pub const TRUNCATED: &str = "op_dbus_footprint_truncated_total";
+
+pub fn describe() {
+    describe_counter!(STAGE_RECEIVED, Unit::Count, "events taken from a stage's inbox");
+    describe_counter!(STAGE_SENT, Unit::Count, "events a stage passed downstream");
+    describe_gauge!(QUEUE_DEPTH, Unit::Count, "batches waiting in an edge's queue");
+    describe_gauge!(QUEUE_CAPACITY, Unit::Count, "capacity of an edge's queue, in batches");
+    describe_counter!(QUEUE_BLOCKED, Unit::Microseconds, "time a stage waited on a full downstream queue");
+    describe_counter!(
+        QUEUE_DROPPED,
+        Unit::Count,
+        "notifications not delivered to a derived-data stage because its queue was full (it catches up from the chain)"
+    );
+    describe_histogram!(COMMIT_BATCH, Unit::Count, "blocks per durable commit");
+    describe_histogram!(COMMIT_DURATION, Unit::Seconds, "time to write and fdatasync one commit");
+    describe_counter!(COMMIT_ERRORS, Unit::Count, "commits that failed and were retried after a restart");
+    describe_gauge!(CHAIN_HEIGHT, Unit::Count, "number of durable blocks in the chain");
+    describe_gauge!(INDEX_HEAD, Unit::Count, "number of blocks in the LMDB index");
+    describe_gauge!(INDEX_LAG, Unit::Count, "durable blocks not yet indexed");
+    describe_histogram!(INDEX_DURATION, Unit::Seconds, "time to index one batch");
+    describe_counter!(ACTOR_RESTARTS, Unit::Count, "actor restarts after a failure");
+    describe_gauge!(VECTOR_FALLBACK, Unit::Count, "1 when the configured vector level could not load and heuristic vectors are used");
+    describe_counter!(TRUNCATED, Unit::Count, "footprints whose data was above the size cap and stored truncated");
+}
+
+/// Installs the global recorder. Histograms are exported as summaries with
+/// fixed quantiles (no per-bucket series).
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /health` on `addr`.
+/// A deliberately tiny HTTP/1.0 responder: one request per connection, no
+/// keep-alive, which is all a scraper and a health probe need.
+pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, health: impl Fn() -> (bool, String) + 'static) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    loop {
+        let (mut sock, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                continue;
+            }
+        };
+        let mut buf = [0u8; 1024];
+        let n = match tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => continue,
+        };
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let path = request.split_whitespace().nth(1).unwrap_or("/");
+        let (status, ctype, body) = match path {
+            "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+            "/health" => {
+                let (ok, body) = health();
+                (if ok { "200 OK" } else { "503 Service Unavailable" }, "application/json", body)
+            }
+            _ => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
+        };
+        let response = format!(
+            "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = sock.write_all(response.as_bytes()).await;
+    }
+}

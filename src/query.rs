@@ -1,0 +1,220 @@
+//! Queries behind `log` and `show`: the index answers for what it holds,
+//! and blocks past the indexed head are read from the chain, so a lagging
+//! (or missing) index never hides a durable block.
+
+use std::collections::VecDeque;
+
+use serde_json::json;
+
+use crate::chain::reader::{self, StoredBlock};
+use crate::chain::{Layout, StoreError};
+use crate::codec::{hex, Hash, Value, FLAG_TRUNCATED};
+use crate::index::{Index, IndexError};
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Capture time, inclusive lower bound (ns).
+    pub since: Option<i64>,
+    /// Capture time, exclusive upper bound (ns).
+    pub until: Option<i64>,
+    pub plugin: Option<String>,
+    pub operation: Option<String>,
+    /// Keep only the most recent `limit` matches.
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    pub fn matches(&self, b: &StoredBlock) -> bool {
+        let fp = &b.body.footprint;
+        self.since.is_none_or(|s| fp.captured_ns >= s)
+            && self.until.is_none_or(|u| fp.captured_ns < u)
+            && self.plugin.as_deref().is_none_or(|p| fp.plugin_id == p)
+            && self.operation.as_deref().is_none_or(|o| fp.operation == o)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Chain(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// Blocks matching `filter`, in seq order.
+pub fn query(layout: &Layout, index: Option<&Index>, filter: &Filter) -> Result<Vec<StoredBlock>, QueryError> {
+    let indexed_next = match index {
+        Some(i) => i.head()?.map_or(0, |h| h.seq + 1),
+        None => 0,
+    };
+    let keep = filter.limit.unwrap_or(usize::MAX);
+    let mut out: VecDeque<StoredBlock> = VecDeque::new();
+    let push = |out: &mut VecDeque<StoredBlock>, b: StoredBlock| {
+        out.push_back(b);
+        if out.len() > keep {
+            out.pop_front();
+        }
+    };
+    let selective = filter.plugin.is_some() || filter.since.is_some() || filter.until.is_some();
+    match index {
+        Some(index) if selective && indexed_next > 0 => {
+            let mut seqs = if let Some(p) = &filter.plugin {
+                index.seqs_of_plugin(p, filter.operation.as_deref())?
+            } else {
+                index.seqs_in_time(filter.since.unwrap_or(i64::MIN), filter.until.unwrap_or(i64::MAX))?
+            };
+            seqs.sort_unstable();
+            seqs.retain(|s| *s < indexed_next);
+            // Newest first, so a limit reads only what it keeps.
+            let mut found = Vec::new();
+            for seq in seqs.into_iter().rev() {
+                if found.len() >= keep {
+                    break;
+                }
+                let b = read_indexed(layout, index, seq)?;
+                if filter.matches(&b) {
+                    found.push(b);
+                }
+            }
+            for b in found.into_iter().rev() {
+                push(&mut out, b);
+            }
+        }
+        _ => {
+            let from = match (filter.limit, filter.operation.is_some(), index) {
+                // Unfiltered with a limit: start just before the end.
+                (Some(n), false, Some(_)) => indexed_next.saturating_sub(n as u64),
+                _ => 0,
+            };
+            reader::scan_from(layout, from, |_, _, _, b| {
+                let seq = b.body.seq;
+                if seq < indexed_next && filter.matches(&b) {
+                    push(&mut out, b);
+                }
+                seq + 1 < indexed_next
+            })?;
+        }
+    }
+    // Blocks the index has not reached yet.
+    reader::scan_from(layout, indexed_next, |_, _, _, b| {
+        if filter.matches(&b) {
+            push(&mut out, b);
+        }
+        true
+    })?;
+    Ok(out.into())
+}
+
+/// The block with this seq, through the index or, past it, the chain.
+pub fn by_seq(layout: &Layout, index: Option<&Index>, seq: u64) -> Result<Option<StoredBlock>, QueryError> {
+    if let Some(index) = index {
+        if let Some(loc) = index.location(seq)? {
+            return Ok(Some(reader::read_block_at(layout, loc.segment, loc.offset, loc.frame_len)?));
+        }
+    }
+    let mut found = None;
+    reader::scan_from(layout, seq, |_, _, _, b| {
+        if b.body.seq == seq {
+            found = Some(b);
+        }
+        false
+    })?;
+    Ok(found)
+}
+
+/// The block with this hash, through the index or, past it, the chain.
+pub fn by_hash(layout: &Layout, index: Option<&Index>, hash: &Hash) -> Result<Option<StoredBlock>, QueryError> {
+    let mut from = 0;
+    if let Some(index) = index {
+        if let Some(seq) = index.seq_of_hash(hash)? {
+            return by_seq(layout, Some(index), seq);
+        }
+        from = index.head()?.map_or(0, |h| h.seq + 1);
+    }
+    let mut found = None;
+    reader::scan_from(layout, from, |_, _, _, b| {
+        if &b.hash == hash {
+            found = Some(b);
+            return false;
+        }
+        true
+    })?;
+    Ok(found)
+}
+
+fn read_indexed(layout: &Layout, index: &Index, seq: u64) -> Result<StoredBlock, QueryError> {
+    let loc = index.location(seq)?.ok_or_else(|| StoreError::Corrupt {
+        seq,
+        kind: "index",
+        detail: "indexed elsewhere but not by seq; run `op-dbus reindex`".into(),
+    })?;
+    Ok(reader::read_block_at(layout, loc.segment, loc.offset, loc.frame_len)?)
+}
+
+pub fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        .unwrap_or_else(|| ns.to_string())
+}
+
+/// The event data as JSON; truncated data is shown as what it is.
+pub fn data_json(b: &StoredBlock) -> serde_json::Value {
+    match Value::decode(&b.body.footprint.data) {
+        Ok(Value::Bin(prefix)) if b.body.footprint.flags & FLAG_TRUNCATED != 0 => {
+            json!({ "truncated_prefix_bytes": prefix.len() })
+        }
+        Ok(v) => v.to_json(),
+        Err(e) => json!({ "undecodable": e.to_string() }),
+    }
+}
+
+/// One block as the JSON object `log --json` and `show --json` print.
+pub fn block_json(b: &StoredBlock) -> serde_json::Value {
+    let body = &b.body;
+    let fp = &body.footprint;
+    json!({
+        "seq": body.seq,
+        "hash": hex(&b.hash),
+        "prev_hash": hex(&body.prev_hash),
+        "timestamp": rfc3339(body.timestamp_ns),
+        "timestamp_ns": body.timestamp_ns,
+        "captured": rfc3339(fp.captured_ns),
+        "captured_ns": fp.captured_ns,
+        "source": fp.source.as_str(),
+        "plugin_id": fp.plugin_id,
+        "operation": fp.operation,
+        "path": fp.path,
+        "sender": fp.sender,
+        "creds": fp.creds.as_ref().map(|c| json!({"uid": c.uid, "pid": c.pid, "unit": c.unit})),
+        "signature": fp.signature,
+        "data": data_json(b),
+        "data_hash": hex(&fp.data_hash),
+        "truncated": fp.flags & FLAG_TRUNCATED != 0,
+        "vector": body.vector.as_ref().map(|v| json!({
+            "model": v.model, "dims": v.dims, "offset": v.offset, "hash": hex(&v.hash)
+        })),
+    })
+}
+
+/// One line for the human `log` output.
+pub fn block_line(b: &StoredBlock) -> String {
+    let fp = &b.body.footprint;
+    let mut data = data_json(b).to_string();
+    if data.len() > 100 {
+        let mut cut = 97;
+        while !data.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        data.truncate(cut);
+        data.push_str("...");
+    }
+    format!(
+        "{:>8}  {}  {}  {}  {}  {}",
+        b.body.seq,
+        rfc3339(fp.captured_ns),
+        fp.plugin_id,
+        fp.operation,
+        fp.path.as_deref().unwrap_or("-"),
+        data
+    )
+}
