@@ -158,6 +158,26 @@ pub struct BlockBody {
     pub vector: Option<VectorRef>,
 }
 
+/// The same encoding as [`BlockBody`], from borrowed parts, so the writer
+/// does not copy a footprint to hash it. Field order must match `BlockBody`
+/// exactly; `body_ref_encodes_like_body` checks it.
+#[derive(Serialize)]
+pub struct BlockBodyRef<'a> {
+    pub version: u32,
+    pub seq: u64,
+    #[serde(with = "hash_bytes")]
+    pub prev_hash: &'a Hash,
+    pub timestamp_ns: i64,
+    pub footprint: &'a Footprint,
+    pub vector: Option<&'a VectorRef>,
+}
+
+impl BlockBodyRef<'_> {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        rmp_serde::encode::write(out, self).expect("block body encodes");
+    }
+}
+
 impl BlockBody {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.footprint.data.len());
@@ -195,8 +215,8 @@ mod hash_bytes {
     use serde::Serializer;
     use std::fmt;
 
-    pub fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(h)
+    pub fn serialize<S: Serializer>(h: &impl AsRef<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(h.as_ref())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
@@ -230,6 +250,39 @@ pub enum Value {
     Map(Vec<(Value, Value)>),
 }
 
+/// Orders map keys by their canonical encoding. Strings, the usual keys,
+/// are compared without encoding them: header bytes (which carry the
+/// length class) first, then the UTF-8 bytes.
+fn key_cmp(a: &Value, b: &Value) -> std::cmp::Ordering {
+    fn str_header(len: usize) -> ([u8; 5], usize) {
+        let mut h = [0u8; 5];
+        if len < 32 {
+            h[0] = 0xa0 | len as u8;
+            (h, 1)
+        } else if len < 256 {
+            h[0] = 0xd9;
+            h[1] = len as u8;
+            (h, 2)
+        } else if len < 65_536 {
+            h[0] = 0xda;
+            h[1..3].copy_from_slice(&(len as u16).to_be_bytes());
+            (h, 3)
+        } else {
+            h[0] = 0xdb;
+            h[1..5].copy_from_slice(&(len as u32).to_be_bytes());
+            (h, 5)
+        }
+    }
+    match (a, b) {
+        (Value::Str(x), Value::Str(y)) => {
+            let (hx, nx) = str_header(x.len());
+            let (hy, ny) = str_header(y.len());
+            hx[..nx].cmp(&hy[..ny]).then_with(|| x.as_bytes().cmp(y.as_bytes()))
+        }
+        _ => a.encode().cmp(&b.encode()),
+    }
+}
+
 /// Why a JSON document cannot become event data.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DataError {
@@ -249,62 +302,29 @@ impl Value {
     }
 
     /// Builds a canonical map: entries sorted by encoded key, last duplicate wins.
-    pub fn map(entries: Vec<(Value, Value)>) -> Value {
-        let mut keyed: Vec<(Vec<u8>, Value, Value)> =
-            entries.into_iter().map(|(k, v)| (k.encode(), k, v)).collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(Value, Value)> = Vec::with_capacity(keyed.len());
-        let mut last_key: Option<Vec<u8>> = None;
-        for (kb, k, v) in keyed {
-            if last_key.as_ref() == Some(&kb) {
-                out.last_mut().expect("duplicate follows an entry").1 = v;
-            } else {
-                out.push((k, v));
-                last_key = Some(kb);
+    pub fn map(mut entries: Vec<(Value, Value)>) -> Value {
+        if entries.windows(2).all(|w| key_cmp(&w[0].0, &w[1].0) == std::cmp::Ordering::Less) {
+            return Value::Map(entries); // already canonical (e.g. read back from the chain)
+        }
+        // Stable, so among equal keys the last one given stays last.
+        entries.sort_by(|a, b| key_cmp(&a.0, &b.0));
+        let mut out: Vec<(Value, Value)> = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            match out.last_mut() {
+                Some(last) if key_cmp(&last.0, &k) == std::cmp::Ordering::Equal => last.1 = v,
+                _ => out.push((k, v)),
             }
         }
         Value::Map(out)
     }
 
-    /// Converts JSON, rejecting documents nested deeper than `max_depth`.
-    /// Depth counts containers: `1` is depth 0, `[1]` depth 1.
-    pub fn from_json(json: &serde_json::Value, max_depth: usize) -> Result<Value, DataError> {
-        Self::from_json_at(json, 0, max_depth)
-    }
-
-    fn from_json_at(json: &serde_json::Value, depth: usize, max: usize) -> Result<Value, DataError> {
-        use serde_json::Value as J;
-        Ok(match json {
-            J::Null => Value::Nil,
-            J::Bool(b) => Value::Bool(*b),
-            J::Number(n) => {
-                if let Some(u) = n.as_u64() {
-                    Value::UInt(u)
-                } else if let Some(i) = n.as_i64() {
-                    Value::int(i)
-                } else {
-                    // serde_json never yields NaN or infinity.
-                    Value::Float(n.as_f64().unwrap_or(0.0))
-                }
-            }
-            J::String(s) => Value::Str(s.clone()),
-            J::Array(a) => {
-                if depth >= max {
-                    return Err(DataError::TooDeep { max });
-                }
-                Value::Array(a.iter().map(|v| Self::from_json_at(v, depth + 1, max)).collect::<Result<_, _>>()?)
-            }
-            J::Object(o) => {
-                if depth >= max {
-                    return Err(DataError::TooDeep { max });
-                }
-                let mut entries = Vec::with_capacity(o.len());
-                for (k, v) in o {
-                    entries.push((Value::Str(k.clone()), Self::from_json_at(v, depth + 1, max)?));
-                }
-                Value::map(entries)
-            }
-        })
+    /// Nesting depth: scalars 0, `[1]` 1, `{"a":[1]}` 2.
+    pub fn depth(&self) -> usize {
+        match self {
+            Value::Array(a) => 1 + a.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Map(m) => 1 + m.iter().map(|(k, v)| k.depth().max(v.depth())).max().unwrap_or(0),
+            _ => 0,
+        }
     }
 
     /// JSON view for display: binary becomes an array of numbers, map keys
@@ -415,12 +435,16 @@ impl<'de> Deserialize<'de> for Value {
                 }
                 Ok(Value::Array(out))
             }
+            fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Str(v))
+            }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
                 while let Some((k, v)) = map.next_entry()? {
                     out.push((k, v));
                 }
-                Ok(Value::Map(out))
+                // Canonical whatever the input order (JSON objects are unordered).
+                Ok(Value::map(out))
             }
             fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
                 Err(de::Error::custom("msgpack ext types are not used by op-dbus"))
@@ -479,10 +503,49 @@ mod tests {
     }
 
     #[test]
-    fn json_depth_is_capped() {
-        let deep: serde_json::Value = serde_json::from_str("[[[1]]]").unwrap();
-        assert!(Value::from_json(&deep, 3).is_ok());
-        assert_eq!(Value::from_json(&deep, 2), Err(DataError::TooDeep { max: 2 }));
+    fn json_objects_become_canonical_maps() {
+        let v: Value = serde_json::from_str(r#"{"bb":1,"a":[true,null],"bb":2,"cc":{"z":-1.5,"y":"s"}}"#).unwrap();
+        assert_eq!(v.depth(), 2);
+        let Value::Map(m) = &v else { panic!("map") };
+        let keys: Vec<_> = m.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, vec![Value::Str("a".into()), Value::Str("bb".into()), Value::Str("cc".into())]);
+        assert_eq!(m[1].1, Value::UInt(2), "last duplicate wins");
+    }
+
+    #[test]
+    fn string_key_order_matches_encoded_order() {
+        let keys: Vec<Value> = ["", "b", "ab", &"x".repeat(31), &"a".repeat(32), &"a".repeat(300), &"z".repeat(70_000)]
+            .iter()
+            .map(|s| Value::Str(s.to_string()))
+            .collect();
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(key_cmp(a, b), a.encode().cmp(&b.encode()), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn body_ref_encodes_like_body() {
+        let body = BlockBody {
+            version: FORMAT_VERSION,
+            seq: 9,
+            prev_hash: [7; 32],
+            timestamp_ns: 5,
+            footprint: sample_footprint(),
+            vector: Some(VectorRef { model: "heuristic-v1".into(), dims: 64, offset: 24, hash: [1; 32] }),
+        };
+        let mut by_ref = Vec::new();
+        BlockBodyRef {
+            version: body.version,
+            seq: body.seq,
+            prev_hash: &body.prev_hash,
+            timestamp_ns: body.timestamp_ns,
+            footprint: &body.footprint,
+            vector: body.vector.as_ref(),
+        }
+        .encode_into(&mut by_ref);
+        assert_eq!(by_ref, body.encode());
     }
 
     #[test]

@@ -21,9 +21,9 @@ pub const MAX_NAME_BYTES: usize = 255;
 struct Line {
     plugin_id: String,
     operation: String,
-    /// `Some(Null)` for an explicit null, `None` when the field is missing.
+    /// `Some(Nil)` for an explicit null, `None` when the field is missing.
     #[serde(default, deserialize_with = "present")]
-    data: Option<serde_json::Value>,
+    data: Option<Value>,
     #[serde(default)]
     timestamp: Option<serde_json::Value>,
     #[serde(default)]
@@ -32,8 +32,9 @@ struct Line {
     sender: Option<String>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
+/// Parses `data` straight into canonical [`Value`]s (no intermediate JSON tree).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -72,8 +73,8 @@ impl Limits {
 /// Parses one line into an event. `now_ns` is used when the line has no timestamp.
 pub fn parse_line(bytes: &[u8], limits: Limits, now_ns: i64) -> Result<RawEvent, LineError> {
     let text = std::str::from_utf8(bytes).map_err(|_| LineError::Utf8)?;
-    let line: Line = serde_json::from_str(text).map_err(|e| LineError::Json(e.to_string()))?;
-    let data = line.data.ok_or(LineError::MissingData)?;
+    let line: Line = serde_json::from_str(text).map_err(|e| LineError::Json(json_error(e)))?;
+    let value = line.data.ok_or(LineError::MissingData)?;
     check_name("plugin_id", &line.plugin_id)?;
     check_name("operation", &line.operation)?;
     let captured_ns = match &line.timestamp {
@@ -85,7 +86,9 @@ pub fn parse_line(bytes: &[u8], limits: Limits, now_ns: i64) -> Result<RawEvent,
             .ok_or_else(|| LineError::BadTimestamp(format!("{s:?}")))?,
         Some(other) => return Err(LineError::BadTimestamp(other.to_string())),
     };
-    let value = Value::from_json(&data, limits.max_depth)?;
+    if value.depth() > limits.max_depth {
+        return Err(DataError::TooDeep { max: limits.max_depth }.into());
+    }
     let size = encoded_len(&value);
     if size > limits.max_data_bytes {
         return Err(DataError::TooLarge { size, max: limits.max_data_bytes }.into());
@@ -101,6 +104,17 @@ pub fn parse_line(bytes: &[u8], limits: Limits, now_ns: i64) -> Result<RawEvent,
         signature: String::new(),
         data: value,
     })
+}
+
+/// serde_json stops at 128 levels with "recursion limit exceeded"; say it
+/// in the same words as the configured depth cap.
+fn json_error(e: serde_json::Error) -> String {
+    let msg = e.to_string();
+    if msg.starts_with("recursion limit exceeded") {
+        format!("data nests deeper than the parser's 128 levels ({msg})")
+    } else {
+        msg
+    }
 }
 
 fn check_name(field: &'static str, s: &str) -> Result<(), LineError> {
@@ -262,11 +276,10 @@ mod tests {
 
     #[test]
     fn encoded_len_matches_encoding() {
-        let json: serde_json::Value = serde_json::from_str(
+        let v: Value = serde_json::from_str(
             r#"{"a":[1,-1,-40,-200,-70000,-5000000000,300,70000,5000000000,1.5,"s",null,true],"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb":{"x":"y"}}"#,
         )
         .unwrap();
-        let v = Value::from_json(&json, 8).unwrap();
         assert_eq!(encoded_len(&v), v.encode().len());
         let long = Value::Array((0..20).map(|i| Value::Str("z".repeat(i * 20))).collect());
         assert_eq!(encoded_len(&long), long.encode().len());

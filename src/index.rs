@@ -8,17 +8,27 @@
 //! in the same transaction as the entries, so the index is always a prefix
 //! of the chain and catching up starts right after it.
 //!
-//! Databases (keys big-endian so that LMDB's byte order is numeric order):
-//! - `meta`:       `head` -> seq u64 ‖ hash[32]
-//! - `by_seq`:     seq -> segment u64 ‖ offset u64 ‖ frame_len u32
-//! - `by_hash`:    hash[32] -> seq
-//! - `by_time`:    captured_ns (sign bit flipped) u64 ‖ seq -> ()
-//! - `by_plugin_op`: plugin_id ‖ 0 ‖ operation ‖ 0 ‖ seq -> ()
+//! Databases (integers big-endian so that LMDB's byte order is numeric order):
+//! - `meta`:         `head` -> seq u64 ‖ hash[32]; `next_name` -> u32
+//! - `names`:        plugin or operation name -> id u32 (ids keep the keys below short)
+//! - `by_seq`:       seq -> segment u64 ‖ offset u64 ‖ frame_len u32
+//! - `by_hash`:      hash[0..8] -> seq, duplicates sorted (a prefix collision
+//!   yields two candidates; readers compare the full hash in the block)
+//! - `by_time`:      captured_ns (sign bit flipped) u64 ‖ seq -> ()
+//! - `by_plugin_op`: plugin id u32 ‖ operation id u32 -> seq, duplicates sorted
+//!
+//! Page fill is what decides the size and the memory touched: by_seq always
+//! appends, by_time appends whenever a batch is newer than what is stored
+//! (the common case), and by_plugin_op appends each seq at the end of its
+//! key's duplicates (`APPEND_DUP`), so those trees stay packed. Only
+//! by_hash takes random keys, which is why it keeps 8 bytes of the hash.
 
 use std::path::{Path, PathBuf};
 
 use heed::types::{Bytes, Str, Unit};
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, PutFlags};
+use std::collections::HashMap;
+
+use heed::{Database, DatabaseFlags, Env, EnvFlags, EnvOpenOptions, PutFlags, RwTxn};
 
 use crate::chain::Appended;
 use crate::codec::Hash;
@@ -50,10 +60,11 @@ pub struct Index {
     env: Env,
     path: PathBuf,
     meta: Database<Str, Bytes>,
+    names: Database<Str, Bytes>,
     by_seq: Database<Bytes, Bytes>,
     by_hash: Database<Bytes, Bytes>,
     by_time: Database<Bytes, Unit>,
-    by_plugin_op: Database<Bytes, Unit>,
+    by_plugin_op: Database<Bytes, Bytes>,
 }
 
 /// Seq and hash of the last indexed block.
@@ -67,34 +78,6 @@ pub fn time_key(captured_ns: i64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&((captured_ns as u64) ^ (1 << 63)).to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// Longest name kept verbatim in a by_plugin_op key. LMDB keys are at most
-/// 511 bytes and an operation (interface.member) can reach 511 on its own.
-const KEY_PART_MAX: usize = 200;
-
-/// A name as it appears in a key: verbatim when short, else its first 160
-/// bytes, 0xFF (never in UTF-8, so no short name collides) and 16 bytes of
-/// its SHA-256. Queries filter on the full name afterwards.
-fn key_part(k: &mut Vec<u8>, name: &str) {
-    if name.len() <= KEY_PART_MAX {
-        k.extend_from_slice(name.as_bytes());
-    } else {
-        use sha2::Digest;
-        k.extend_from_slice(&name.as_bytes()[..160]);
-        k.push(0xff);
-        k.extend_from_slice(&sha2::Sha256::digest(name.as_bytes())[..16]);
-    }
-    k.push(0);
-}
-
-pub fn plugin_op_prefix(plugin_id: &str, operation: Option<&str>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(KEY_PART_MAX * 2 + 10);
-    key_part(&mut k, plugin_id);
-    if let Some(op) = operation {
-        key_part(&mut k, op);
-    }
     k
 }
 
@@ -135,12 +118,26 @@ impl Index {
         let env = unsafe { opts.open(&path) }.map_err(lmdb)?;
         let mut wtxn = env.write_txn().map_err(lmdb)?;
         let meta = env.create_database(&mut wtxn, Some("meta")).map_err(lmdb)?;
+        let names = env.create_database(&mut wtxn, Some("names")).map_err(lmdb)?;
         let by_seq = env.create_database(&mut wtxn, Some("by_seq")).map_err(lmdb)?;
-        let by_hash = env.create_database(&mut wtxn, Some("by_hash")).map_err(lmdb)?;
+        let dups = DatabaseFlags::DUP_SORT | DatabaseFlags::DUP_FIXED;
+        let by_hash = env
+            .database_options()
+            .types::<Bytes, Bytes>()
+            .name("by_hash")
+            .flags(dups)
+            .create(&mut wtxn)
+            .map_err(lmdb)?;
         let by_time = env.create_database(&mut wtxn, Some("by_time")).map_err(lmdb)?;
-        let by_plugin_op = env.create_database(&mut wtxn, Some("by_plugin_op")).map_err(lmdb)?;
+        let by_plugin_op = env
+            .database_options()
+            .types::<Bytes, Bytes>()
+            .name("by_plugin_op")
+            .flags(dups)
+            .create(&mut wtxn)
+            .map_err(lmdb)?;
         wtxn.commit().map_err(lmdb)?;
-        Ok(Index { env, path, meta, by_seq, by_hash, by_time, by_plugin_op })
+        Ok(Index { env, path, meta, names, by_seq, by_hash, by_time, by_plugin_op })
     }
 
     fn lmdb(&self) -> impl Fn(heed::Error) -> IndexError + '_ {
@@ -181,34 +178,67 @@ impl Index {
             loc[16..].copy_from_slice(&b.frame_len.to_be_bytes());
             self.by_seq.put_with_flags(&mut wtxn, PutFlags::APPEND, &b.seq.to_be_bytes(), &loc)?;
         }
-        // The other trees take keys in sorted order, so each page is visited once per batch.
-        let mut hashes: Vec<(&[u8], u64)> = fresh.iter().map(|b| (&b.hash[..], b.seq)).collect();
+        // by_hash: random keys; sorted so each page is visited once per batch.
+        let mut hashes: Vec<([u8; 8], u64)> =
+            fresh.iter().map(|b| (b.hash[..8].try_into().expect("8 bytes"), b.seq)).collect();
         hashes.sort_unstable();
         for (h, seq) in hashes {
-            self.by_hash.put(&mut wtxn, h, &seq.to_be_bytes())?;
+            self.by_hash.put(&mut wtxn, &h, &seq.to_be_bytes())?;
         }
+        // by_time: append when the whole batch is newer than what is stored.
         let mut times: Vec<[u8; 16]> = fresh.iter().map(|b| time_key(b.captured_ns, b.seq)).collect();
         times.sort_unstable();
+        let newer = match self.by_time.last(&wtxn)? {
+            Some((k, ())) => times.first().is_some_and(|t| &t[..] > k),
+            None => true,
+        };
+        let flags = if newer { PutFlags::APPEND } else { PutFlags::empty() };
         for k in &times {
-            self.by_time.put(&mut wtxn, k, &())?;
+            self.by_time.put_with_flags(&mut wtxn, flags, k, &())?;
         }
-        let mut pops: Vec<Vec<u8>> = fresh
-            .iter()
-            .map(|b| {
-                let mut k = plugin_op_prefix(&b.plugin_id, Some(&b.operation));
-                k.extend_from_slice(&b.seq.to_be_bytes());
-                k
-            })
-            .collect();
-        pops.sort_unstable();
-        for k in &pops {
-            self.by_plugin_op.put(&mut wtxn, k, &())?;
+        // by_plugin_op: seqs grow, so each one goes at the end of its key's duplicates.
+        let mut ids: HashMap<&str, [u8; 4]> = HashMap::new();
+        for b in &fresh {
+            let p = match ids.get(b.plugin_id.as_str()) {
+                Some(id) => *id,
+                None => {
+                    let id = self.name_id(&mut wtxn, &b.plugin_id)?;
+                    *ids.entry(&b.plugin_id).or_insert(id)
+                }
+            };
+            let o = match ids.get(b.operation.as_str()) {
+                Some(id) => *id,
+                None => {
+                    let id = self.name_id(&mut wtxn, &b.operation)?;
+                    *ids.entry(&b.operation).or_insert(id)
+                }
+            };
+            let mut k = [0u8; 8];
+            k[..4].copy_from_slice(&p);
+            k[4..].copy_from_slice(&o);
+            self.by_plugin_op.put_with_flags(&mut wtxn, PutFlags::APPEND_DUP, &k, &b.seq.to_be_bytes())?;
         }
         let mut head = [0u8; 40];
         head[..8].copy_from_slice(&last.seq.to_be_bytes());
         head[8..].copy_from_slice(&last.hash);
         self.meta.put(&mut wtxn, "head", &head)?;
         wtxn.commit()
+    }
+
+    /// The id of a name, assigning the next one if it is new.
+    fn name_id(&self, wtxn: &mut RwTxn, name: &str) -> Result<[u8; 4], heed::Error> {
+        if let Some(id) = self.names.get(wtxn, name)? {
+            return Ok(id.try_into().expect("4 bytes"));
+        }
+        let next = self.meta.get(wtxn, "next_name")?.map_or(0, |v| u32::from_be_bytes(v.try_into().expect("4 bytes")));
+        let id = next.to_be_bytes();
+        self.names.put(wtxn, name, &id)?;
+        self.meta.put(wtxn, "next_name", &(next + 1).to_be_bytes())?;
+        Ok(id)
+    }
+
+    fn lookup_name(&self, rtxn: &heed::RoTxn, name: &str) -> Result<Option<[u8; 4]>, IndexError> {
+        Ok(self.names.get(rtxn, name).map_err(self.lmdb())?.map(|v| v.try_into().expect("4 bytes")))
     }
 
     fn grow(&self) -> Result<(), IndexError> {
@@ -233,6 +263,7 @@ impl Index {
     pub fn clear(&self) -> Result<(), IndexError> {
         let mut wtxn = self.env.write_txn().map_err(self.lmdb())?;
         self.meta.clear(&mut wtxn).map_err(self.lmdb())?;
+        self.names.clear(&mut wtxn).map_err(self.lmdb())?;
         self.by_seq.clear(&mut wtxn).map_err(self.lmdb())?;
         self.by_hash.clear(&mut wtxn).map_err(self.lmdb())?;
         self.by_time.clear(&mut wtxn).map_err(self.lmdb())?;
@@ -249,9 +280,18 @@ impl Index {
         }))
     }
 
-    pub fn seq_of_hash(&self, hash: &Hash) -> Result<Option<u64>, IndexError> {
+    /// Seqs whose block hash starts like `hash` (almost always one; the
+    /// caller compares the full hash).
+    pub fn seqs_of_hash(&self, hash: &Hash) -> Result<Vec<u64>, IndexError> {
         let rtxn = self.env.read_txn().map_err(self.lmdb())?;
-        Ok(self.by_hash.get(&rtxn, hash).map_err(self.lmdb())?.map(|v| u64::from_be_bytes(v.try_into().expect("8"))))
+        let mut out = Vec::new();
+        if let Some(dups) = self.by_hash.get_duplicates(&rtxn, &hash[..8]).map_err(self.lmdb())? {
+            for item in dups {
+                let (_, v) = item.map_err(self.lmdb())?;
+                out.push(u64::from_be_bytes(v.try_into().expect("8 bytes")));
+            }
+        }
+        Ok(out)
     }
 
     /// Seqs of blocks captured in [since, until), in time order.
@@ -271,11 +311,16 @@ impl Index {
     /// Seqs of blocks of a plugin (and operation), in seq order.
     pub fn seqs_of_plugin(&self, plugin_id: &str, operation: Option<&str>) -> Result<Vec<u64>, IndexError> {
         let rtxn = self.env.read_txn().map_err(self.lmdb())?;
-        let prefix = plugin_op_prefix(plugin_id, operation);
+        let Some(p) = self.lookup_name(&rtxn, plugin_id)? else { return Ok(Vec::new()) };
+        let mut prefix = p.to_vec();
+        if let Some(op) = operation {
+            let Some(o) = self.lookup_name(&rtxn, op)? else { return Ok(Vec::new()) };
+            prefix.extend_from_slice(&o);
+        }
         let mut out = Vec::new();
         for item in self.by_plugin_op.prefix_iter(&rtxn, &prefix).map_err(self.lmdb())? {
-            let (k, ()) = item.map_err(self.lmdb())?;
-            out.push(seq_from_tail(k));
+            let (_, v) = item.map_err(self.lmdb())?;
+            out.push(u64::from_be_bytes(v.try_into().expect("8 bytes")));
         }
         out.sort_unstable();
         Ok(out)
@@ -318,13 +363,33 @@ mod tests {
         index.insert(&blocks[40..]).unwrap(); // overlap is skipped
         assert_eq!(index.head().unwrap().unwrap().seq, 99);
         assert_eq!(index.location(7).unwrap().unwrap().offset, 724);
-        assert_eq!(index.seq_of_hash(&blocks[33].hash).unwrap(), Some(33));
+        assert_eq!(index.seqs_of_hash(&blocks[33].hash).unwrap(), vec![33]);
         assert_eq!(index.seqs_in_time(-50, -45).unwrap(), vec![0, 1, 2, 3, 4]);
         let b = index.seqs_of_plugin("b", Some("b.Changed")).unwrap();
         assert_eq!(b.len(), 50);
         assert!(b.iter().all(|s| s % 2 == 1));
         assert_eq!(index.seqs_of_plugin("a", None).unwrap().len(), 50);
         assert_eq!(index.stats().unwrap().0, 100);
+    }
+
+    #[test]
+    fn hash_prefix_collisions_give_every_candidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let a = appended(0, "a", 0);
+        let mut b = appended(1, "a", 1);
+        b.hash[..8].copy_from_slice(&a.hash[..8]);
+        index.insert(&[a.clone(), b]).unwrap();
+        assert_eq!(index.seqs_of_hash(&a.hash).unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn out_of_order_times_are_indexed_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index.insert(&[appended(0, "a", 100), appended(1, "a", 200)]).unwrap();
+        index.insert(&[appended(2, "a", 50)]).unwrap();
+        assert_eq!(index.seqs_in_time(0, 150).unwrap(), vec![2, 0]);
     }
 
     #[test]

@@ -126,8 +126,12 @@ pub fn by_seq(layout: &Layout, index: Option<&Index>, seq: u64) -> Result<Option
 pub fn by_hash(layout: &Layout, index: Option<&Index>, hash: &Hash) -> Result<Option<StoredBlock>, QueryError> {
     let mut from = 0;
     if let Some(index) = index {
-        if let Some(seq) = index.seq_of_hash(hash)? {
-            return by_seq(layout, Some(index), seq);
+        for seq in index.seqs_of_hash(hash)? {
+            if let Some(b) = by_seq(layout, Some(index), seq)? {
+                if &b.hash == hash {
+                    return Ok(Some(b));
+                }
+            }
         }
         from = index.head()?.map_or(0, |h| h.seq + 1);
     }

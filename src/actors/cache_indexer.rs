@@ -25,10 +25,16 @@ use crate::metrics as m;
 
 /// Notifications waiting for the indexer. When full, the ChainWriter
 /// drops the notification (counted) and the indexer catches up from disk.
-pub const INBOX_CAPACITY: usize = 256;
+pub const INBOX_CAPACITY: usize = 16;
 
-/// Blocks per transaction when catching up from the chain.
-const CATCH_UP_CHUNK: usize = 16_384;
+/// Blocks per LMDB transaction. A transaction's dirty pages live on the
+/// heap until it commits and random by_hash keys dirty about one leaf per
+/// block, so this bounds the indexer's memory (~4 KiB per block) at the
+/// cost of a few more commits (cheap: the index is opened NO_SYNC).
+const INDEX_TXN_BLOCKS: usize = 16_384;
+
+/// Blocks read per step when catching up from the chain.
+const CATCH_UP_CHUNK: usize = INDEX_TXN_BLOCKS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -173,9 +179,9 @@ impl CacheIndexer {
         }
         let fresh: Vec<Appended> =
             batches.iter().flat_map(|b| b.blocks.iter()).filter(|b| b.seq >= self.next).cloned().collect();
-        if let Some(last) = fresh.last() {
-            self.index.insert(&fresh)?;
-            self.next = last.seq + 1;
+        for chunk in fresh.chunks(INDEX_TXN_BLOCKS) {
+            self.index.insert(chunk)?;
+            self.next = chunk.last().map_or(self.next, |b| b.seq + 1);
         }
         Ok(())
     }

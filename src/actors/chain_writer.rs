@@ -29,7 +29,7 @@ use crate::metrics as m;
 
 /// Batches waiting for the ChainWriter. Together with `max_batch` this bounds
 /// the records held in memory between the Embedder and the disk.
-pub const INBOX_CAPACITY: usize = 64;
+pub const INBOX_CAPACITY: usize = 8;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 

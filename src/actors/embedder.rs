@@ -15,7 +15,7 @@ use crate::metrics as m;
 use crate::vector::{heuristic, HEURISTIC_MODEL};
 
 /// Batches waiting for the Embedder.
-pub const INBOX_CAPACITY: usize = 64;
+pub const INBOX_CAPACITY: usize = 4;
 
 pub struct Embedder {
     inbox: Inbox<FootprintBatch>,

@@ -13,7 +13,7 @@ use crate::metrics as m;
 
 /// Batches waiting for the Footprinter. Sources batch up to ~1k events, so
 /// this bounds the stage's backlog to about 64k events.
-pub const INBOX_CAPACITY: usize = 64;
+pub const INBOX_CAPACITY: usize = 4;
 
 pub struct Footprinter {
     inbox: Inbox<RawEventBatch>,

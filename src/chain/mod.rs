@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::codec::{self, BlockBody, Footprint, Hash, VectorRef, FORMAT_VERSION, ZERO_HASH};
+use crate::codec::{self, BlockBodyRef, Footprint, Hash, VectorRef, FORMAT_VERSION, ZERO_HASH};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"OPDCHAIN";
 pub const VECTOR_MAGIC: &[u8; 8] = b"OPDVECTR";
@@ -288,13 +288,13 @@ impl ChainStore {
                     })
                 }
             };
-            let body = BlockBody {
+            let body = BlockBodyRef {
                 version: FORMAT_VERSION,
                 seq: head.next_seq,
-                prev_hash: head.hash,
+                prev_hash: &head.hash,
                 timestamp_ns: ts,
-                footprint: rec.footprint.clone(),
-                vector,
+                footprint: &rec.footprint,
+                vector: vector.as_ref(),
             };
             let start = self.buf.len();
             // Encode straight into the batch buffer, leaving room for the frame header.
