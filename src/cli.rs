@@ -16,7 +16,7 @@ use crate::actors::pipeline::{lock_state_dir, spawn_pipeline};
 use crate::chain::{reader, verify, Layout};
 use crate::codec::{hex, parse_hex_hash};
 use crate::config::{Config, ConfigError, Overrides};
-use crate::import::{self, LineReader, Limits, ReadLine};
+use crate::import::{self, Limits, LineReader, ReadLine};
 use crate::index::Index;
 use crate::messages::RawEventBatch;
 use crate::query::{self, Filter};
@@ -185,7 +185,8 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
             run(load_config(&cli.global, flags)?)
         }
         Command::Import(a) => {
-            let flags = Overrides { vector_level: a.vector_level.clone(), max_batch: a.max_batch, ..Default::default() };
+            let flags =
+                Overrides { vector_level: a.vector_level.clone(), max_batch: a.max_batch, ..Default::default() };
             import(load_config(&cli.global, flags)?, &a)
         }
         Command::Verify(a) => verify_cmd(&load_config(&cli.global, Overrides::default())?, a.json),
@@ -291,9 +292,7 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
     let input: Box<dyn std::io::Read + Send> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(
-            std::fs::File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?,
-        )
+        Box::new(std::fs::File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?)
     };
     let limits = Limits { max_data_bytes: cfg.max_data_bytes, max_depth: cfg.max_depth };
     let skip_invalid = args.skip_invalid;
@@ -315,7 +314,8 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
             let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<Sent>(256);
             let reader = std::thread::spawn(move || {
                 let mut out = ReadOutcome::default();
-                let mut lines = LineReader::new(std::io::BufReader::with_capacity(256 << 10, input), limits.max_line_bytes());
+                let mut lines =
+                    LineReader::new(std::io::BufReader::with_capacity(256 << 10, input), limits.max_line_bytes());
                 let mut buf = Vec::new();
                 let mut batch = Vec::with_capacity(IMPORT_BATCH);
                 let flush = |batch: &mut Vec<_>, last_line: u64| -> bool {
@@ -662,10 +662,9 @@ fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
             head.last_seq().map_or("none".into(), |s| format!("seq {s} hash {}", hex(&head.hash)))
         );
         match index_next {
-            Some(n) => println!(
-                "index       {n} blocks ({} behind), {index_bytes} bytes",
-                head.next_seq.saturating_sub(n)
-            ),
+            Some(n) => {
+                println!("index       {n} blocks ({} behind), {index_bytes} bytes", head.next_seq.saturating_sub(n))
+            }
             None => println!("index       absent (run `op-dbus reindex`)"),
         }
         println!("vectors     level {}", cfg.vector_level.as_str());

@@ -198,7 +198,8 @@ impl Config {
         };
         let fc = match &path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
                 toml::from_str::<FileConfig>(&text)
                     .map_err(|e| ConfigError::Parse { path: p.clone(), message: e.to_string().trim().to_string() })?
             }
@@ -228,7 +229,8 @@ impl Config {
             Ok(file_val.map(|v| Src { value: v, origin: file_origin.clone() }))
         };
 
-        if let Some(p) = flags.state_dir.clone().or_else(|| env("OP_DBUS_STATE_DIR").map(PathBuf::from)).or(fc.state_dir)
+        if let Some(p) =
+            flags.state_dir.clone().or_else(|| env("OP_DBUS_STATE_DIR").map(PathBuf::from)).or(fc.state_dir)
         {
             c.state_dir = p;
         }
@@ -255,7 +257,8 @@ impl Config {
         if let Some(v) = pick_int("chain.max_batch", flags.max_batch, "OP_DBUS_MAX_BATCH", fc.chain.max_batch)? {
             c.max_batch = int_in("chain.max_batch", v, 1, 65_536)? as usize;
         }
-        if let Some(v) = pick_int("chain.max_wait_ms", flags.max_wait_ms, "OP_DBUS_MAX_WAIT_MS", fc.chain.max_wait_ms)? {
+        if let Some(v) = pick_int("chain.max_wait_ms", flags.max_wait_ms, "OP_DBUS_MAX_WAIT_MS", fc.chain.max_wait_ms)?
+        {
             c.max_wait = Duration::from_millis(int_in("chain.max_wait_ms", v, 0, 1000)? as u64);
         }
         if let Some(v) = pick_int("chain.segment_max_mb", None, "OP_DBUS_SEGMENT_MAX_MB", fc.chain.segment_max_mb)? {

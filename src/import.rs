@@ -167,7 +167,9 @@ pub fn encoded_len(v: &Value) -> usize {
             (if n <= 255 { 2 } else { len_header(n, 0) }) + n
         }
         Value::Array(a) => len_header(a.len(), 15) + a.iter().map(encoded_len).sum::<usize>(),
-        Value::Map(m) => len_header(m.len(), 15) + m.iter().map(|(k, v)| encoded_len(k) + encoded_len(v)).sum::<usize>(),
+        Value::Map(m) => {
+            len_header(m.len(), 15) + m.iter().map(|(k, v)| encoded_len(k) + encoded_len(v)).sum::<usize>()
+        }
     }
 }
 
@@ -245,7 +247,12 @@ mod tests {
     fn good_line_with_both_timestamp_forms() {
         let a = parse_line(br#"{"plugin_id":"p","operation":"p.Op","data":{"b":1,"a":[true,null]},"timestamp":"2024-01-02T03:04:05.5Z"}"#, L, 0).unwrap();
         assert_eq!(a.captured_ns, 1_704_164_645_500_000_000);
-        let b = parse_line(br#"{"plugin_id":"p","operation":"p.Op","data":null,"timestamp":-5,"path":"/x","sender":":1.1"}"#, L, 0).unwrap();
+        let b = parse_line(
+            br#"{"plugin_id":"p","operation":"p.Op","data":null,"timestamp":-5,"path":"/x","sender":":1.1"}"#,
+            L,
+            0,
+        )
+        .unwrap();
         assert_eq!((b.captured_ns, b.path.as_deref(), b.data), (-5, Some("/x"), Value::Nil));
         let c = parse_line(br#"{"plugin_id":"p","operation":"p.Op","data":1}"#, L, 99).unwrap();
         assert_eq!(c.captured_ns, 99);

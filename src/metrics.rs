@@ -45,7 +45,11 @@ pub fn describe() {
     describe_gauge!(INDEX_LAG, Unit::Count, "durable blocks not yet indexed");
     describe_histogram!(INDEX_DURATION, Unit::Seconds, "time to index one batch");
     describe_counter!(ACTOR_RESTARTS, Unit::Count, "actor restarts after a failure");
-    describe_gauge!(VECTOR_FALLBACK, Unit::Count, "1 when the configured vector level could not load and heuristic vectors are used");
+    describe_gauge!(
+        VECTOR_FALLBACK,
+        Unit::Count,
+        "1 when the configured vector level could not load and heuristic vectors are used"
+    );
     describe_counter!(TRUNCATED, Unit::Count, "footprints whose data was above the size cap and stored truncated");
 }
 
@@ -60,7 +64,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 /// Serves `GET /metrics` (Prometheus text) and `GET /health` on `addr`.
 /// A deliberately tiny HTTP/1.0 responder: one request per connection, no
 /// keep-alive, which is all a scraper and a health probe need.
-pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, health: impl Fn() -> (bool, String) + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    health: impl Fn() -> (bool, String) + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;

@@ -35,10 +35,7 @@ pub fn heuristic(fp: &Footprint, value: &Value) -> [f32; HEURISTIC_DIMS] {
     // 8..16: operation category one-hot (15 = other): the first category with
     // a verb contained in the lower-cased member name.
     let member = fp.operation.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
-    let cat = CATEGORIES
-        .iter()
-        .position(|(_, verbs)| verbs.iter().any(|verb| member.contains(verb)))
-        .unwrap_or(7);
+    let cat = CATEGORIES.iter().position(|(_, verbs)| verbs.iter().any(|verb| member.contains(verb))).unwrap_or(7);
     v[8 + cat] = 1.0;
 
     // 16..24: operation hash bucket one-hot.

@@ -47,6 +47,8 @@ pub struct ChainWriter {
     failures: u32,
     health: Arc<Health>,
     closed: bool,
+    /// Test hook: a slow disk.
+    commit_delay: Option<Duration>,
 }
 
 impl ChainWriter {
@@ -73,7 +75,14 @@ impl ChainWriter {
             failures: 0,
             health,
             closed: false,
+            commit_delay: None,
         }
+    }
+
+    /// Makes every commit take at least `delay` (backpressure tests).
+    pub fn with_commit_delay(mut self, delay: Option<Duration>) -> Self {
+        self.commit_delay = delay;
+        self
     }
 }
 
@@ -144,6 +153,10 @@ impl ChainWriter {
             return true;
         }
         let start = Instant::now();
+        if let Some(d) = self.commit_delay {
+            // This actor's own thread: sleeping here is what a slow disk does.
+            std::thread::sleep(d);
+        }
         match self.store.append(&self.pending, now_ns()) {
             Ok(appended) => {
                 self.failures = 0;

@@ -116,7 +116,7 @@ impl<T: Batch> Inbox<T> {
         let mut rx = self.rx.clone().lock_owned().await;
         let mut out = Vec::new();
         let Some(first) = rx.recv().await else { return out };
-        let mut n = first.len();
+        let mut n = first.events();
         out.push(first);
         let deadline = tokio::time::Instant::now() + linger;
         while n < max_events {
@@ -127,7 +127,7 @@ impl<T: Batch> Inbox<T> {
             };
             match next {
                 Some(b) => {
-                    n += b.len();
+                    n += b.events();
                     out.push(b);
                 }
                 None => break,

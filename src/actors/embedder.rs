@@ -72,8 +72,10 @@ impl Stage for Embedder {
                     .items
                     .into_iter()
                     .map(|(footprint, value)| {
-                        let embedding = with_vectors
-                            .then(|| Embedding { model: HEURISTIC_MODEL, values: heuristic(&footprint, &value).to_vec() });
+                        let embedding = with_vectors.then(|| Embedding {
+                            model: HEURISTIC_MODEL,
+                            values: heuristic(&footprint, &value).to_vec(),
+                        });
                         Record { footprint, embedding }
                     })
                     .collect(),

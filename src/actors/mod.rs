@@ -42,8 +42,10 @@ pub trait Stage: Actor<Context = Context<Self>> {
     fn inbox(&self) -> &Inbox<Self::In>;
 
     /// How many events to take per pull, and how long to wait for more.
+    /// By default one batch at a time: a stage holds at most one batch in
+    /// hand, so what is in flight is bounded by the queue capacities.
     fn gather(&self) -> (usize, Duration) {
-        (4096, Duration::ZERO)
+        (1, Duration::ZERO)
     }
 
     /// Does the stage's work on what was pulled and returns the delivery of
@@ -69,7 +71,7 @@ pub fn pull<A: Stage>(act: &mut A, ctx: &mut Context<A>) {
             act.on_closed(ctx);
             delivered()
         } else {
-            let n: usize = batches.iter().map(Batch::len).sum();
+            let n: usize = batches.iter().map(Batch::events).sum();
             metrics::counter!(m::STAGE_RECEIVED, "stage" => A::NAME).increment(n as u64);
             match std::panic::catch_unwind(AssertUnwindSafe(|| act.on_batches(batches, ctx))) {
                 Ok(d) => d,

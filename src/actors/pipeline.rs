@@ -50,6 +50,8 @@ pub struct Faults {
     pub chain_append: Option<u64>,
     /// Fail the n-th index batch.
     pub index_batch: Option<u64>,
+    /// Make every commit take at least this long (a slow disk).
+    pub commit_delay: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,8 +66,19 @@ pub struct PipelineConfig {
     pub faults: Faults,
 }
 
+/// The actors' addresses. Nothing sends to them (data moves over edges),
+/// but actix restarts a supervised actor only while its mailbox has a
+/// connected address: drop these and a failed actor is gone for good.
+struct Supervised {
+    _footprinter: Addr<Footprinter>,
+    _embedder: Addr<Embedder>,
+    _chain_writer: Addr<ChainWriter>,
+    _cache_indexer: Addr<CacheIndexer>,
+}
+
 pub struct Pipeline {
     source: Option<Outbox<RawEventBatch>>,
+    _actors: Supervised,
     done: oneshot::Receiver<()>,
     arbiters: Vec<Arbiter>,
     pub health: Arc<Health>,
@@ -117,26 +130,41 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let (done_tx, done) = oneshot::channel();
 
     let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
-    {
+    let cache_indexer = {
         let (layout, health, sync, fail) =
             (cfg.layout.clone(), health.clone(), cfg.index_sync_interval, cfg.faults.index_batch);
         Supervisor::start_in_arbiter(&arbiters[3].handle(), move |_| {
             CacheIndexer::new(index_rx, index, layout, health, sync, done_tx, fail)
-        });
-    }
-    {
-        let (health, seg, max_batch, max_wait) =
-            (health.clone(), cfg.segment_max_bytes, cfg.max_batch, cfg.max_wait);
+        })
+    };
+    let chain_writer = {
+        let (health, seg, max_batch, max_wait, delay) =
+            (health.clone(), cfg.segment_max_bytes, cfg.max_batch, cfg.max_wait, cfg.faults.commit_delay);
         Supervisor::start_in_arbiter(&arbiters[2].handle(), move |_| {
-            ChainWriter::new(chain_rx, store, seg, vec![index_tx], max_batch, max_wait, health)
-        });
-    }
+            ChainWriter::new(chain_rx, store, seg, vec![index_tx], max_batch, max_wait, health).with_commit_delay(delay)
+        })
+    };
     let level = cfg.vector_level;
-    Supervisor::start_in_arbiter(&arbiters[1].handle(), move |_| Embedder::new(embed_rx, chain_tx, level));
+    let embedder =
+        Supervisor::start_in_arbiter(&arbiters[1].handle(), move |_| Embedder::new(embed_rx, chain_tx, level));
     let max_data = cfg.max_data_bytes;
-    Supervisor::start_in_arbiter(&arbiters[0].handle(), move |_| Footprinter::new(source_rx, embed_tx, max_data));
+    let footprinter =
+        Supervisor::start_in_arbiter(&arbiters[0].handle(), move |_| Footprinter::new(source_rx, embed_tx, max_data));
 
-    Ok(Pipeline { source: Some(source_tx), done, arbiters, health, recovery, _lock: lock })
+    Ok(Pipeline {
+        source: Some(source_tx),
+        _actors: Supervised {
+            _footprinter: footprinter,
+            _embedder: embedder,
+            _chain_writer: chain_writer,
+            _cache_indexer: cache_indexer,
+        },
+        done,
+        arbiters,
+        health,
+        recovery,
+        _lock: lock,
+    })
 }
 
 impl Pipeline {
@@ -162,8 +190,11 @@ impl Pipeline {
     pub async fn shutdown(mut self, deadline: Duration) -> anyhow::Result<()> {
         self.source = None;
         let drained = tokio::time::timeout(deadline, &mut self.done).await;
-        for a in &self.arbiters {
+        // Stop and join the stages' threads so that everything they own
+        // (the chain file, the LMDB environment) is closed when this returns.
+        for a in self.arbiters.drain(..) {
             a.stop();
+            let _ = a.join();
         }
         match drained {
             Ok(Ok(())) => Ok(()),

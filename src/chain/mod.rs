@@ -375,7 +375,8 @@ impl ChainStore {
             let dir = path.parent().expect("vector path has a parent");
             fs::create_dir_all(dir).map_err(io_err(dir))?;
             let existed = path.exists();
-            let mut file = OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(io_err(&path))?;
+            let mut file =
+                OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(io_err(&path))?;
             let mut len = file.metadata().map_err(io_err(&path))?.len();
             if !existed || len == 0 {
                 file.write_all(&segment_header(VECTOR_MAGIC, dims, self.segment_first)).map_err(io_err(&path))?;

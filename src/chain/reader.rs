@@ -115,7 +115,11 @@ impl FrameReader {
         self.r.read_exact(&mut h).map_err(io_err(&self.path))?;
         let Some((len, crc)) = parse_header(&h) else {
             let mut rest = Vec::new();
-            self.r.by_ref().take(remaining - FRAME_HEADER_LEN as u64).read_to_end(&mut rest).map_err(io_err(&self.path))?;
+            self.r
+                .by_ref()
+                .take(remaining - FRAME_HEADER_LEN as u64)
+                .read_to_end(&mut rest)
+                .map_err(io_err(&self.path))?;
             return Ok(bad_header(offset, h.iter().chain(&rest).all(|b| *b == 0)));
         };
         if remaining < FRAME_HEADER_LEN as u64 + len as u64 {
@@ -196,7 +200,11 @@ pub fn scan_tail(layout: &Layout, segments: &[u64]) -> Result<TailScan, StoreErr
     }
     let mut head = if segments.len() >= 2 {
         let prev = segments[segments.len() - 2];
-        last_block_of(layout, prev)?.map(|b| Head { next_seq: b.body.seq + 1, hash: b.hash, timestamp_ns: b.body.timestamp_ns })
+        last_block_of(layout, prev)?.map(|b| Head {
+            next_seq: b.body.seq + 1,
+            hash: b.hash,
+            timestamp_ns: b.body.timestamp_ns,
+        })
     } else {
         None
     }

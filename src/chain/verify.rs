@@ -124,12 +124,8 @@ pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
         }
         if first != expected_seq {
             let kind = if first > expected_seq { FaultKind::Truncation } else { FaultKind::Reordering };
-            report.fault = Some(fault(
-                expected_seq,
-                kind,
-                0,
-                format!("segment starts at seq {first}, expected {expected_seq}"),
-            ));
+            report.fault =
+                Some(fault(expected_seq, kind, 0, format!("segment starts at seq {first}, expected {expected_seq}")));
             break;
         }
 

@@ -69,26 +69,26 @@ pub struct CommittedBlocks {
 
 /// How many events a message carries, for batching and metrics.
 pub trait Batch {
-    fn len(&self) -> usize;
+    fn events(&self) -> usize;
 }
 
 impl Batch for RawEventBatch {
-    fn len(&self) -> usize {
+    fn events(&self) -> usize {
         self.events.len()
     }
 }
 impl Batch for FootprintBatch {
-    fn len(&self) -> usize {
+    fn events(&self) -> usize {
         self.items.len()
     }
 }
 impl Batch for RecordBatch {
-    fn len(&self) -> usize {
+    fn events(&self) -> usize {
         self.records.len()
     }
 }
 impl Batch for CommittedBlocks {
-    fn len(&self) -> usize {
+    fn events(&self) -> usize {
         self.blocks.len()
     }
 }
