@@ -614,3 +614,57 @@ mod tests {
         }
     }
 }
+
+/// The worked example of docs/FORMAT.md; the test below keeps the document honest.
+#[cfg(test)]
+mod format_example {
+    use super::*;
+
+    pub fn block() -> BlockBody {
+        let data = Value::map(vec![
+            (Value::Str("unit".into()), Value::Str("nginx.service".into())),
+            (Value::Str("result".into()), Value::Str("done".into())),
+        ])
+        .encode();
+        BlockBody {
+            version: FORMAT_VERSION,
+            seq: 0,
+            prev_hash: ZERO_HASH,
+            timestamp_ns: 1_700_000_000_123_456_789,
+            footprint: Footprint {
+                source: Source::Import,
+                plugin_id: "org.freedesktop.systemd1".into(),
+                operation: "org.freedesktop.systemd1.Manager.JobRemoved".into(),
+                path: Some("/org/freedesktop/systemd1".into()),
+                sender: None,
+                creds: None,
+                captured_ns: 1_700_000_000_000_000_000,
+                signature: String::new(),
+                data_hash: data_hash(&data),
+                data,
+                flags: 0,
+            },
+            vector: None,
+        }
+    }
+
+    #[test]
+    fn matches_the_document() {
+        let b = block();
+        let body = b.encode();
+        let hash = block_hash(&body);
+        assert_eq!(hex(&b.footprint.data_hash), "4b4e8c0c70818f40c90b72e699da76c9e2ea9473d4a59f727f07521fd39a4fb9");
+        assert_eq!(
+            hex(&body),
+            "960100c4200000000000000000000000000000000000000000000000000000000000000000cf17979cfe3d85cd15\
+             9ba6696d706f7274b86f72672e667265656465736b746f702e73797374656d6431d92b6f72672e6672656564\
+             65736b746f702e73797374656d64312e4d616e616765722e4a6f6252656d6f766564b92f6f72672f66726565\
+             6465736b746f702f73797374656d6431c0c0cf17979cfe362a0000a0c42082a4756e6974ad6e67696e782e73\
+             657276696365a6726573756c74a4646f6e65c4204b4e8c0c70818f40c90b72e699da76c9e2ea9473d4a59f72\
+             7f07521fd39a4fb900c0"
+        );
+        assert_eq!(hex(&hash), "f177d823138c42e8ae1d5a95685ef5033338f56e977410d4b261311f755f9c7a");
+        assert_eq!(crc32fast::hash(&[&body[..], &hash[..]].concat()), 0xd6b0ed37);
+        assert_eq!(body.len() + 32, 264);
+    }
+}
