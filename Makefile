@@ -5,17 +5,10 @@ CARGO ?= cargo
 STATE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/op-dbus,$(CURDIR)/state)
 METRICS ?= 127.0.0.1:9464
 
-.PHONY: help deps run build test lint fmt bench bench-criterion bench-load clean
+.PHONY: help run build test lint fmt bench bench-criterion bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-
-deps: ## install the system packages the tests and benchmarks use (apt; needs root or sudo)
-	@need=""; for p in time; do dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
-	if [ -n "$$need" ]; then \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-		$$sudo apt-get update -q && $$sudo apt-get install -y -q $$need; \
-	fi
 
 build: ## build the release binary
 	$(CARGO) build --release --locked
@@ -38,12 +31,12 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: deps bench-criterion bench-load ## run every benchmark (see BENCHMARKS.md)
+bench: bench-criterion bench-load ## run every benchmark (see BENCHMARKS.md)
 
 bench-criterion: ## criterion micro-benchmarks: codec and LMDB vs SQLite
 	$(CARGO) bench --locked --bench codec --bench index
 
-bench-load: deps ## end-to-end import, verify and latency against their peers (LOAD_N=1000000)
+bench-load: ## end-to-end import, verify and latency against their peers (LOAD_N=1000000)
 	$(CARGO) bench --locked --bench load
 
 clean: ## remove build output and the local state folder

@@ -3,9 +3,9 @@
 //! side by side with a named peer measured in the same run.
 //!
 //! `cargo bench --bench load` (env: LOAD_N, default 1000000; LOAD_RATE,
-//! default 10000 events/s; LOAD_SECONDS, default 10). Needs /usr/bin/time
-//! (Debian package `time`; `make bench` installs it). Prints a markdown
-//! table for BENCHMARKS.md.
+//! default 10000 events/s; LOAD_SECONDS, default 10; LOAD_DIR, where the
+//! temporary files go, default the current dir). Prints a markdown table
+//! for BENCHMARKS.md.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -52,20 +52,57 @@ fn generate(path: &Path, n: u64) {
     }
 }
 
-/// Runs a command under /usr/bin/time -v; returns (wall seconds, max RSS KiB, stdout).
-fn timed(args: &[&str]) -> (f64, u64, String) {
+/// Peak memory of a finished child: `ru_maxrss` (what `/usr/bin/time -v`
+/// reports as "Maximum resident set size") and the peaks of its anonymous and
+/// file-backed parts, sampled from /proc every 20 ms.
+#[derive(Default)]
+struct Memory {
+    max_rss_kib: u64,
+    peak_anon_kib: u64,
+    peak_file_kib: u64,
+}
+
+/// Runs a command; returns (wall seconds, memory, stdout).
+fn timed(args: &[&str]) -> (f64, Memory, String) {
     let start = Instant::now();
-    let out =
-        Command::new("/usr/bin/time").arg("-v").args(args).output().expect("/usr/bin/time (apt-get install time)");
-    let secs = start.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let rss = stderr
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes): "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    (secs, rss, String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let mut mem = Memory::default();
+    let status_path = format!("/proc/{pid}/status");
+    loop {
+        let mut status = 0;
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: plain wait4 on our own child with valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            let secs = start.elapsed().as_secs_f64();
+            mem.max_rss_kib = usage.ru_maxrss as u64;
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{args:?} failed");
+            return (secs, mem, reader.join().unwrap());
+        }
+        if let Ok(st) = std::fs::read_to_string(&status_path) {
+            for line in st.lines() {
+                let kib = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                if line.starts_with("RssAnon:") {
+                    mem.peak_anon_kib = mem.peak_anon_kib.max(kib(line));
+                } else if line.starts_with("RssFile:") {
+                    mem.peak_file_kib = mem.peak_file_kib.max(kib(line));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The peer for import: the same lines into SQLite, durably (WAL,
@@ -232,10 +269,10 @@ fn main() {
     let state = dir.path().join("state");
     let state_s = state.to_str().unwrap();
 
-    let (import_s, import_rss, _) = timed(&[BIN, "--state-dir", state_s, "import", jsonl.to_str().unwrap()]);
+    let (import_s, import_mem, _) = timed(&[BIN, "--state-dir", state_s, "import", jsonl.to_str().unwrap()]);
     let sqlite_s = sqlite_import(&jsonl, &dir.path().join("peer.db"));
 
-    let (verify_s, verify_rss, out) = timed(&[BIN, "--state-dir", state_s, "verify"]);
+    let (verify_s, verify_mem, out) = timed(&[BIN, "--state-dir", state_s, "verify"]);
     assert!(out.starts_with("ok:"), "{out}");
     let segments: Vec<String> = std::fs::read_dir(state.join("@timing"))
         .unwrap()
@@ -256,10 +293,14 @@ fn main() {
         n as f64 / sqlite_s,
         sqlite_s / import_s
     );
-    println!("| peak RSS of that import | {import_rss} KiB | | |");
     println!(
-        "| verify {n} blocks (all hashes, links, vectors) | {:.0} blocks/s ({verify_s:.2} s, {verify_rss} KiB) | sha256sum of the segment files: {sha_s:.2} s | {:.2}x the time |",
+        "| peak RSS of that import | {} KiB (peaks sampled: anonymous {} KiB, file-backed {} KiB) | | |",
+        import_mem.max_rss_kib, import_mem.peak_anon_kib, import_mem.peak_file_kib
+    );
+    println!(
+        "| verify {n} blocks (all hashes, links, vectors) | {:.0} blocks/s ({verify_s:.2} s, peak RSS {} KiB) | sha256sum of the segment files: {sha_s:.2} s | {:.2}x the time |",
         n as f64 / verify_s,
+        verify_mem.max_rss_kib,
         verify_s / sha_s
     );
     println!(
