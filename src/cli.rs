@@ -189,12 +189,26 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 Overrides { vector_level: a.vector_level.clone(), max_batch: a.max_batch, ..Default::default() };
             import(load_config(&cli.global, flags)?, &a)
         }
-        Command::Verify(a) => verify_cmd(&load_config(&cli.global, Overrides::default())?, a.json),
-        Command::Log(a) => log(&load_config(&cli.global, Overrides::default())?, &a),
-        Command::Show(a) => show(&load_config(&cli.global, Overrides::default())?, &a),
-        Command::Status(a) => status(&load_config(&cli.global, Overrides::default())?, a.json),
-        Command::Reindex => reindex(&load_config(&cli.global, Overrides::default())?),
+        Command::Verify(a) => verify_cmd(&existing(load_config(&cli.global, Overrides::default())?)?, a.json),
+        Command::Log(a) => log(&existing(load_config(&cli.global, Overrides::default())?)?, &a),
+        Command::Show(a) => show(&existing(load_config(&cli.global, Overrides::default())?)?, &a),
+        Command::Status(a) => status(&existing(load_config(&cli.global, Overrides::default())?)?, a.json),
+        Command::Reindex => reindex(&existing(load_config(&cli.global, Overrides::default())?)?),
     }
+}
+
+/// Commands that read a chain refuse a state dir without one, so that a
+/// mistyped `--state-dir` is not reported as an empty, sound chain.
+fn existing(cfg: Config) -> Result<Config, Failure> {
+    let timing = cfg.layout().timing;
+    if !timing.is_dir() {
+        return Err(usage(anyhow::anyhow!(
+            "no chain in {} ({} does not exist); check --state-dir or OP_DBUS_STATE_DIR",
+            cfg.state_dir.display(),
+            timing.display()
+        )));
+    }
+    Ok(cfg)
 }
 
 pub fn init_tracing() {

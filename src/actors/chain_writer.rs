@@ -14,6 +14,7 @@
 //! pending record that did reach the disk (so nothing is written twice),
 //! and retries the rest after a backoff. Upstream waits meanwhile.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ pub struct ChainWriter {
     /// Records taken from the inbox and not yet durable, in order.
     pending: Vec<Record>,
     /// Submitters of the pending records: (ack, how many records).
-    acks: Vec<(Option<Ack>, usize)>,
+    acks: VecDeque<(Option<Ack>, usize)>,
     failures: u32,
     health: Arc<Health>,
     closed: bool,
@@ -71,7 +72,7 @@ impl ChainWriter {
             max_batch,
             max_wait,
             pending: Vec::new(),
-            acks: Vec::new(),
+            acks: VecDeque::new(),
             failures: 0,
             health,
             closed: false,
@@ -130,7 +131,7 @@ impl Stage for ChainWriter {
 
     fn on_batches(&mut self, batches: Vec<RecordBatch>, ctx: &mut Context<Self>) -> Delivery {
         for b in batches {
-            self.acks.push((b.ack, b.records.len()));
+            self.acks.push_back((b.ack, b.records.len()));
             self.pending.extend(b.records);
         }
         self.commit(ctx);
@@ -187,13 +188,13 @@ impl ChainWriter {
         metrics::counter!(m::STAGE_SENT, "stage" => Self::NAME).increment(appended.len() as u64);
         let mut next = appended[0].seq;
         let mut remaining = appended.len();
-        while let Some((_, n)) = self.acks.first() {
+        while let Some((_, n)) = self.acks.front_mut() {
             if *n > remaining {
                 // Part of this submitter's batch is durable; the rest is still pending.
-                self.acks[0].1 -= remaining;
+                *n -= remaining;
                 break;
             }
-            let (ack, n) = self.acks.remove(0);
+            let (ack, n) = self.acks.pop_front().expect("front exists");
             let first_seq = next;
             next += n as u64;
             remaining -= n;
