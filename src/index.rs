@@ -294,12 +294,16 @@ impl Index {
         Ok(out)
     }
 
-    /// Seqs of blocks captured in [since, until), in time order.
-    pub fn seqs_in_time(&self, since: i64, until: i64) -> Result<Vec<u64>, IndexError> {
+    /// Seqs of blocks captured in [since, until), in time order; `None` is open-ended.
+    pub fn seqs_in_time(&self, since: Option<i64>, until: Option<i64>) -> Result<Vec<u64>, IndexError> {
+        use std::ops::Bound;
         let rtxn = self.env.read_txn().map_err(self.lmdb())?;
-        let lo = time_key(since, 0);
-        let hi = time_key(until, 0);
-        let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Excluded(&hi[..]));
+        let lo = since.map(|t| time_key(t, 0));
+        let hi = until.map(|t| time_key(t, 0));
+        let range = (
+            lo.as_ref().map_or(Bound::Unbounded, |k| Bound::Included(&k[..])),
+            hi.as_ref().map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..])),
+        );
         let mut out = Vec::new();
         for item in self.by_time.range(&rtxn, &range).map_err(self.lmdb())? {
             let (k, ()) = item.map_err(self.lmdb())?;
@@ -364,7 +368,8 @@ mod tests {
         assert_eq!(index.head().unwrap().unwrap().seq, 99);
         assert_eq!(index.location(7).unwrap().unwrap().offset, 724);
         assert_eq!(index.seqs_of_hash(&blocks[33].hash).unwrap(), vec![33]);
-        assert_eq!(index.seqs_in_time(-50, -45).unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(index.seqs_in_time(Some(-50), Some(-45)).unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(index.seqs_in_time(Some(48), None).unwrap(), vec![98, 99]);
         let b = index.seqs_of_plugin("b", Some("b.Changed")).unwrap();
         assert_eq!(b.len(), 50);
         assert!(b.iter().all(|s| s % 2 == 1));
@@ -389,7 +394,7 @@ mod tests {
         let index = Index::open(dir.path()).unwrap();
         index.insert(&[appended(0, "a", 100), appended(1, "a", 200)]).unwrap();
         index.insert(&[appended(2, "a", 50)]).unwrap();
-        assert_eq!(index.seqs_in_time(0, 150).unwrap(), vec![2, 0]);
+        assert_eq!(index.seqs_in_time(Some(0), Some(150)).unwrap(), vec![2, 0]);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn query(layout: &Layout, index: Option<&Index>, filter: &Filter) -> Result<
             let mut seqs = if let Some(p) = &filter.plugin {
                 index.seqs_of_plugin(p, filter.operation.as_deref())?
             } else {
-                index.seqs_in_time(filter.since.unwrap_or(i64::MIN), filter.until.unwrap_or(i64::MAX))?
+                index.seqs_in_time(filter.since, filter.until)?
             };
             seqs.sort_unstable();
             seqs.retain(|s| *s < indexed_next);

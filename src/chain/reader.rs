@@ -90,8 +90,12 @@ impl FrameReader {
             kind: "bad segment header",
             detail: format!("{}: {e}", path.display()),
         })?;
-        if n < HEADER_LEN as usize {
-            return Err(StoreError::Corrupt { seq: 0, kind: "bad segment header", detail: "short read".into() });
+        if n < HEADER_LEN as usize || first.1 != 0 {
+            return Err(StoreError::Corrupt {
+                seq: 0,
+                kind: "bad segment header",
+                detail: format!("{}: short or reserved field not zero", path.display()),
+            });
         }
         Ok((FrameReader { r, pos: HEADER_LEN, len, buf: Vec::new(), path: path.to_path_buf() }, first.0))
     }

@@ -120,6 +120,10 @@ pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
                     Some(fault(expected_seq, FaultKind::BadHeader, 0, format!("header names first seq {named}")));
                 break;
             }
+            Ok((_, reserved)) if reserved != 0 => {
+                report.fault = Some(fault(expected_seq, FaultKind::BadHeader, 12, "reserved field is not zero".into()));
+                break;
+            }
             Ok(_) => {}
         }
         if first != expected_seq {
@@ -250,10 +254,16 @@ fn check_frame(seq: u64, offset: u64, payload: &[u8], vectors: &VectorFiles, fil
         let Some(vf) = vectors.files.get(&v.model) else {
             return Err(fault(FaultKind::MissingVector, format!("no vector file for model {}", v.model)));
         };
-        let bytes = match vf {
+        let (bytes, file_dims) = match vf {
             Ok(b) => b,
-            Err(e) => return Err(fault(FaultKind::MissingVector, e.clone())),
+            Err(e) => return Err(fault(FaultKind::BadHeader, e.clone())),
         };
+        if *file_dims != v.dims {
+            return Err(fault(
+                FaultKind::BadHeader,
+                format!("{} vector file header says {file_dims} dims, the block says {}", v.model, v.dims),
+            ));
+        }
         let end = v.offset as usize + v.dims as usize * 4;
         if v.offset < HEADER_LEN || end > bytes.len() {
             return Err(fault(
@@ -272,9 +282,10 @@ fn check_frame(seq: u64, offset: u64, payload: &[u8], vectors: &VectorFiles, fil
     Ok(Checked { seq: body.seq, prev_hash: body.prev_hash, hash: block.hash, offset })
 }
 
-/// The vector files paired with one segment, per model, read whole.
+/// The vector files paired with one segment, per model, read whole, with
+/// the dims their header declares.
 struct VectorFiles {
-    files: HashMap<String, Result<Vec<u8>, String>>,
+    files: HashMap<String, Result<(Vec<u8>, u32), String>>,
 }
 
 impl VectorFiles {
@@ -286,7 +297,7 @@ impl VectorFiles {
                 let path = layout.vector_path(&model, first);
                 let loaded = match fs::read(&path) {
                     Ok(b) => match check_header(&b, VECTOR_MAGIC) {
-                        Ok((f, _)) if f == first => Ok(b),
+                        Ok((f, dims)) if f == first => Ok((b, dims)),
                         Ok((f, _)) => Err(format!("{}: header names first seq {f}", path.display())),
                         Err(e) => Err(format!("{}: {e}", path.display())),
                     },
