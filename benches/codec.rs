@@ -1,7 +1,7 @@
 //! Per-block CPU costs of the write and verify paths.
 //! `cargo bench --bench codec`
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use op_dbus::actors::footprinter::footprint;
 use op_dbus::codec::{block_hash, BlockBody, Source, Value, FORMAT_VERSION, ZERO_HASH};
 use op_dbus::messages::RawEvent;
@@ -31,7 +31,8 @@ fn bench(c: &mut Criterion) {
     let line = br#"{"plugin_id":"org.freedesktop.systemd1","operation":"org.freedesktop.systemd1.Manager.JobRemoved","path":"/org/freedesktop/systemd1","timestamp":1750000000000000000,"data":{"id":4711,"unit":"svc17.service","result":"done","job":12345}}"#;
     let limits = op_dbus::import::Limits { max_data_bytes: 1 << 20, max_depth: 64 };
     g.bench_function("parse_json_line", |b| b.iter(|| op_dbus::import::parse_line(line, limits, 0).unwrap()));
-    g.bench_function("footprint", |b| b.iter(|| footprint(sample(), 1 << 20)));
+    let raw = sample();
+    g.bench_function("footprint", |b| b.iter_batched(|| raw.clone(), |e| footprint(e, 1 << 20), BatchSize::SmallInput));
     let (fp, value) = footprint(sample(), 1 << 20);
     g.bench_function("heuristic_vector", |b| b.iter(|| heuristic(&fp, &value)));
     let body = BlockBody {
