@@ -56,6 +56,8 @@ pub struct Location {
     pub frame_len: u32,
 }
 
+/// Cheap to clone: the environment is shared (heed's `Env` is reference-counted).
+#[derive(Clone)]
 pub struct Index {
     env: Env,
     path: PathBuf,

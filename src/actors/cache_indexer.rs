@@ -245,3 +245,59 @@ pub fn catch_up(index: &Index, layout: &Layout, limit: Option<u64>) -> Result<u6
     }
     Ok(next)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::edge::edge;
+    use crate::chain::{ChainStore, Record};
+    use crate::codec::{data_hash, Footprint, Source, Value};
+
+    fn record(i: u64) -> Record {
+        let data = Value::UInt(i).encode();
+        Record {
+            footprint: Footprint {
+                source: Source::Submit,
+                plugin_id: format!("p{}", i % 2),
+                operation: "Op".into(),
+                path: None,
+                sender: None,
+                creds: None,
+                captured_ns: i as i64,
+                signature: String::new(),
+                data_hash: data_hash(&data),
+                data,
+                flags: 0,
+            },
+            embedding: None,
+        }
+    }
+
+    /// Blocks already on disk are indexed at start, and a notification that
+    /// skips blocks (its predecessors were dropped) makes the indexer read
+    /// the gap from the chain.
+    #[actix_rt::test]
+    async fn catches_up_at_start_and_over_dropped_notifications() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), None);
+        let (mut store, _) = ChainStore::open(&layout, 1 << 30).unwrap();
+        let recs: Vec<Record> = (0..30).map(record).collect();
+        store.append(&recs[..10], 1).unwrap(); // before the indexer starts
+        let health = Arc::new(Health::default());
+        health.chain_height.store(10, Ordering::Release);
+        let index = Index::open(&layout.cache).unwrap();
+        let (tx, inbox) = edge("test->cache_indexer", 4);
+        let (done_tx, done) = oneshot::channel();
+        let reader = index.clone();
+        CacheIndexer::new(inbox, index, layout.clone(), health.clone(), Duration::from_secs(60), done_tx, None).start();
+        store.append(&recs[10..20], 2).unwrap(); // its notification is "dropped"
+        let last = store.append(&recs[20..], 3).unwrap();
+        health.chain_height.store(30, Ordering::Release);
+        tx.send(CommittedBlocks { blocks: Arc::new(last) }).await.unwrap();
+        drop(tx);
+        done.await.unwrap();
+        assert_eq!(health.index_height.load(Ordering::Acquire), 30);
+        assert_eq!(reader.stats().unwrap().0, 30, "the gap 10..20 was read from the chain");
+        assert_eq!(reader.seqs_of_plugin("p1", None).unwrap(), (0..30).filter(|s| s % 2 == 1).collect::<Vec<_>>());
+    }
+}
