@@ -28,8 +28,10 @@ use crate::chain::{reader, Appended, ChainStore, Record};
 use crate::messages::{Ack, CommittedBlocks, RecordBatch};
 use crate::metrics as m;
 
-/// Batches waiting for the ChainWriter. Together with `max_batch` this bounds
-/// the records held in memory between the Embedder and the disk.
+/// Batches waiting for the ChainWriter. Larger than the others so that a
+/// commit's fdatasync has a full `max_batch` (4 source batches of 1024)
+/// queued behind it for the next group commit; together with `max_batch`
+/// it bounds the records held between the Embedder and the disk.
 pub const INBOX_CAPACITY: usize = 8;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -14,7 +14,8 @@ use crate::messages::{FootprintBatch, RecordBatch};
 use crate::metrics as m;
 use crate::vector::{heuristic, HEURISTIC_MODEL};
 
-/// Batches waiting for the Embedder.
+/// Batches waiting for the Embedder: as for the Footprinter, a few batches
+/// of slack between two CPU-bound stages.
 pub const INBOX_CAPACITY: usize = 4;
 
 pub struct Embedder {
