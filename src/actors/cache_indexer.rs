@@ -216,16 +216,7 @@ pub fn catch_up(index: &Index, layout: &Layout, limit: Option<u64>) -> Result<u6
         if limit.is_some_and(|l| b.body.seq >= l) {
             return false;
         }
-        buf.push(Appended {
-            seq: b.body.seq,
-            hash: b.hash,
-            segment,
-            offset,
-            frame_len,
-            captured_ns: b.body.footprint.captured_ns,
-            plugin_id: b.body.footprint.plugin_id,
-            operation: b.body.footprint.operation,
-        });
+        buf.push(Appended::from_stored(segment, offset, frame_len, b));
         if buf.len() >= CATCH_UP_CHUNK {
             if let Err(e) = index.insert(&buf) {
                 failed = Some(e);
@@ -251,26 +242,9 @@ mod tests {
     use super::*;
     use crate::actors::edge::edge;
     use crate::chain::{ChainStore, Record};
-    use crate::codec::{data_hash, Footprint, Source, Value};
 
     fn record(i: u64) -> Record {
-        let data = Value::UInt(i).encode();
-        Record {
-            footprint: Footprint {
-                source: Source::Submit,
-                plugin_id: format!("p{}", i % 2),
-                operation: "Op".into(),
-                path: None,
-                sender: None,
-                creds: None,
-                captured_ns: i as i64,
-                signature: String::new(),
-                data_hash: data_hash(&data),
-                data,
-                flags: 0,
-            },
-            embedding: None,
-        }
+        crate::chain::testing::record(i, &format!("p{}", i % 2), "", false)
     }
 
     /// Blocks already on disk are indexed at start, and a notification that

@@ -257,16 +257,7 @@ impl ChainWriter {
         tracing::warn!(blocks = found.len(), "a failed commit reached the disk; taking it as committed");
         let appended: Vec<Appended> = found
             .into_iter()
-            .map(|(segment, offset, frame_len, b)| Appended {
-                seq: b.body.seq,
-                hash: b.hash,
-                segment,
-                offset,
-                frame_len,
-                captured_ns: b.body.footprint.captured_ns,
-                plugin_id: b.body.footprint.plugin_id,
-                operation: b.body.footprint.operation,
-            })
+            .map(|(segment, offset, frame_len, b)| Appended::from_stored(segment, offset, frame_len, b))
             .collect();
         self.pending.drain(..appended.len());
         self.acknowledge(appended);
@@ -288,27 +279,10 @@ fn now_ns() -> i64 {
 mod tests {
     use super::*;
     use crate::actors::edge::edge;
-    use crate::chain::{Embedding, Layout};
-    use crate::codec::{data_hash, Footprint, Source, Value};
+    use crate::chain::Layout;
 
     fn record(i: u64) -> Record {
-        let data = Value::UInt(i).encode();
-        Record {
-            footprint: Footprint {
-                source: Source::Submit,
-                plugin_id: "p".into(),
-                operation: "p.Op".into(),
-                path: None,
-                sender: None,
-                creds: None,
-                captured_ns: i as i64,
-                signature: String::new(),
-                data_hash: data_hash(&data),
-                data,
-                flags: 0,
-            },
-            embedding: Some(Embedding { model: "heuristic-v1", values: vec![0.5; 64] }),
-        }
+        crate::chain::testing::record(i, "p", "", true)
     }
 
     /// The writer with a probe in place of the CacheIndexer, and a probe

@@ -129,6 +129,22 @@ pub struct Appended {
     pub operation: String,
 }
 
+impl Appended {
+    /// The index entry of a block read back from a segment.
+    pub fn from_stored(segment: u64, offset: u64, frame_len: u32, b: reader::StoredBlock) -> Appended {
+        Appended {
+            seq: b.body.seq,
+            hash: b.hash,
+            segment,
+            offset,
+            frame_len,
+            captured_ns: b.body.footprint.captured_ns,
+            plugin_id: b.body.footprint.plugin_id,
+            operation: b.body.footprint.operation,
+        }
+    }
+}
+
 /// The head of the chain: the next seq to assign and the hash it links to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -427,13 +443,14 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
+/// Records for unit tests across the crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::codec::{Source, Value};
-    use proptest::prelude::*;
+pub(crate) mod testing {
+    use super::{Embedding, Record};
+    use crate::codec::{data_hash, Footprint, Source, Value};
 
-    fn record(i: u64, payload: &str, with_vector: bool) -> Record {
+    /// Record `i` of plugin `plugin`, data `{"i": i, "p": payload}`, captured at `i` ns.
+    pub fn record(i: u64, plugin: &str, payload: &str, with_vector: bool) -> Record {
         let data = Value::map(vec![
             (Value::Str("i".into()), Value::UInt(i)),
             (Value::Str("p".into()), Value::Str(payload.into())),
@@ -442,19 +459,29 @@ mod tests {
         Record {
             footprint: Footprint {
                 source: Source::Import,
-                plugin_id: "p".into(),
-                operation: "p.Op".into(),
+                plugin_id: plugin.into(),
+                operation: format!("{plugin}.Op"),
                 path: None,
                 sender: None,
                 creds: None,
                 captured_ns: i as i64,
                 signature: String::new(),
-                data_hash: codec::data_hash(&data),
+                data_hash: data_hash(&data),
                 data,
                 flags: 0,
             },
             embedding: with_vector.then(|| Embedding { model: "heuristic-v1", values: vec![i as f32; 64] }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(i: u64, payload: &str, with_vector: bool) -> Record {
+        testing::record(i, "p", payload, with_vector)
     }
 
     proptest! {
