@@ -73,6 +73,16 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
     tracing::info!(%addr, "serving /metrics and /health");
+    // Without an HTTP listener of its own the exporter does no upkeep, and
+    // histogram samples would pile up between scrapes without bound.
+    let upkeep = handle.clone();
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     loop {
         let (mut sock, _) = match listener.accept().await {
             Ok(s) => s,
