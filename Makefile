@@ -22,7 +22,6 @@ test: ## run every test (unit, integration, property)
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
-	$(CARGO) test --locked --doc
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
