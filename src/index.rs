@@ -12,16 +12,15 @@
 //! - `meta`:         `head` -> seq u64 ‖ hash[32]; `next_name` -> u32
 //! - `names`:        plugin or operation name -> id u32 (ids keep the keys below short)
 //! - `by_seq`:       seq -> segment u64 ‖ offset u64 ‖ frame_len u32
-//! - `by_hash`:      hash[0..8] -> seq, duplicates sorted (a prefix collision
-//!   yields two candidates; readers compare the full hash in the block)
 //! - `by_time`:      captured_ns (sign bit flipped) u64 ‖ seq -> ()
 //! - `by_plugin_op`: plugin id u32 ‖ operation id u32 -> seq, duplicates sorted
 //!
 //! Page fill is what decides the size and the memory touched: by_seq always
 //! appends, by_time appends whenever a batch is newer than what is stored
 //! (the common case), and by_plugin_op appends each seq at the end of its
-//! key's duplicates (`APPEND_DUP`), so those trees stay packed. Only
-//! by_hash takes random keys, which is why it keeps 8 bytes of the hash.
+//! key's duplicates (`APPEND_DUP`), so every tree is written at its right
+//! edge and stays packed. Hash lookups, whose keys are random, live in
+//! per-segment files instead ([`crate::hash_index`]).
 
 use std::path::{Path, PathBuf};
 
@@ -64,7 +63,6 @@ pub struct Index {
     meta: Database<Str, Bytes>,
     names: Database<Str, Bytes>,
     by_seq: Database<Bytes, Bytes>,
-    by_hash: Database<Bytes, Bytes>,
     by_time: Database<Bytes, Unit>,
     by_plugin_op: Database<Bytes, Bytes>,
 }
@@ -112,8 +110,7 @@ impl Index {
         // reader) coordinate through LMDB's own lock file, which we never
         // touch, and the directory is never on a network filesystem (it
         // lives in the state dir). NO_SYNC is safe for derived data: see the
-        // module comment. NO_READAHEAD keeps random by_hash reads from
-        // pulling whole extents into the page cache.
+        // module comment. NO_READAHEAD: lookups read single pages.
         unsafe {
             opts.flags(EnvFlags::NO_SYNC | EnvFlags::NO_READ_AHEAD);
         }
@@ -123,13 +120,6 @@ impl Index {
         let names = env.create_database(&mut wtxn, Some("names")).map_err(lmdb)?;
         let by_seq = env.create_database(&mut wtxn, Some("by_seq")).map_err(lmdb)?;
         let dups = DatabaseFlags::DUP_SORT | DatabaseFlags::DUP_FIXED;
-        let by_hash = env
-            .database_options()
-            .types::<Bytes, Bytes>()
-            .name("by_hash")
-            .flags(dups)
-            .create(&mut wtxn)
-            .map_err(lmdb)?;
         let by_time = env.create_database(&mut wtxn, Some("by_time")).map_err(lmdb)?;
         let by_plugin_op = env
             .database_options()
@@ -139,7 +129,7 @@ impl Index {
             .create(&mut wtxn)
             .map_err(lmdb)?;
         wtxn.commit().map_err(lmdb)?;
-        Ok(Index { env, path, meta, names, by_seq, by_hash, by_time, by_plugin_op })
+        Ok(Index { env, path, meta, names, by_seq, by_time, by_plugin_op })
     }
 
     fn lmdb(&self) -> impl Fn(heed::Error) -> IndexError + '_ {
@@ -179,13 +169,6 @@ impl Index {
             loc[8..16].copy_from_slice(&b.offset.to_be_bytes());
             loc[16..].copy_from_slice(&b.frame_len.to_be_bytes());
             self.by_seq.put_with_flags(&mut wtxn, PutFlags::APPEND, &b.seq.to_be_bytes(), &loc)?;
-        }
-        // by_hash: random keys; sorted so each page is visited once per batch.
-        let mut hashes: Vec<([u8; 8], u64)> =
-            fresh.iter().map(|b| (b.hash[..8].try_into().expect("8 bytes"), b.seq)).collect();
-        hashes.sort_unstable();
-        for (h, seq) in hashes {
-            self.by_hash.put(&mut wtxn, &h, &seq.to_be_bytes())?;
         }
         // by_time: append when the whole batch is newer than what is stored.
         let mut times: Vec<[u8; 16]> = fresh.iter().map(|b| time_key(b.captured_ns, b.seq)).collect();
@@ -256,6 +239,39 @@ impl Index {
         unsafe { self.env.resize(size) }.map_err(self.lmdb())
     }
 
+    /// Unmaps the pages of the index file from this process (they stay in
+    /// the page cache; the next access maps them again, a minor fault).
+    ///
+    /// Why: LMDB reads every page through its memory map, and each fault
+    /// also maps up to 15 neighbouring pages already in the page cache (the
+    /// kernel's fault-around). Every transaction copies the right edges of
+    /// the trees to new pages, so over a long import the mapped part of the
+    /// file creeps towards the whole file and shows up as RSS, although
+    /// each transaction reads only a few pages. Dropping the mapping after
+    /// a transaction costs a few faults on the next one.
+    ///
+    /// The map's address is not exposed by heed (LMDB reports it only for
+    /// fixed maps), so it is found in /proc/self/maps by the file's path.
+    pub fn release_mapped_pages(&self) {
+        let Ok(file) = std::fs::canonicalize(self.path.join("data.mdb")) else { return };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+        let file = file.to_string_lossy();
+        for line in maps.lines().filter(|l| l.ends_with(&*file)) {
+            let Some((range, _)) = line.split_once(' ') else { continue };
+            let Some((lo, hi)) = range.split_once('-') else { continue };
+            let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) else { continue };
+            // SAFETY: this range is LMDB's read-only, shared mapping of the
+            // index file (the environment is opened without WRITE_MAP, so
+            // LMDB writes with pwrite, never through the map). For a shared
+            // file mapping MADV_DONTNEED only drops this process's page
+            // table entries; later reads, including through pointers LMDB
+            // still holds, fault the same file pages back in. No data is lost.
+            unsafe {
+                libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED);
+            }
+        }
+    }
+
     /// Flushes to disk (the environment runs with NO_SYNC).
     pub fn sync(&self) -> Result<(), IndexError> {
         self.env.force_sync().map_err(self.lmdb())
@@ -267,7 +283,6 @@ impl Index {
         self.meta.clear(&mut wtxn).map_err(self.lmdb())?;
         self.names.clear(&mut wtxn).map_err(self.lmdb())?;
         self.by_seq.clear(&mut wtxn).map_err(self.lmdb())?;
-        self.by_hash.clear(&mut wtxn).map_err(self.lmdb())?;
         self.by_time.clear(&mut wtxn).map_err(self.lmdb())?;
         self.by_plugin_op.clear(&mut wtxn).map_err(self.lmdb())?;
         wtxn.commit().map_err(self.lmdb())
@@ -280,20 +295,6 @@ impl Index {
             offset: u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")),
             frame_len: u32::from_be_bytes(v[16..20].try_into().expect("4 bytes")),
         }))
-    }
-
-    /// Seqs whose block hash starts like `hash` (almost always one; the
-    /// caller compares the full hash).
-    pub fn seqs_of_hash(&self, hash: &Hash) -> Result<Vec<u64>, IndexError> {
-        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
-        let mut out = Vec::new();
-        if let Some(dups) = self.by_hash.get_duplicates(&rtxn, &hash[..8]).map_err(self.lmdb())? {
-            for item in dups {
-                let (_, v) = item.map_err(self.lmdb())?;
-                out.push(u64::from_be_bytes(v.try_into().expect("8 bytes")));
-            }
-        }
-        Ok(out)
     }
 
     /// Seqs of blocks captured in [since, until), in time order; `None` is open-ended.
@@ -369,7 +370,6 @@ mod tests {
         index.insert(&blocks[40..]).unwrap(); // overlap is skipped
         assert_eq!(index.head().unwrap().unwrap().seq, 99);
         assert_eq!(index.location(7).unwrap().unwrap().offset, 724);
-        assert_eq!(index.seqs_of_hash(&blocks[33].hash).unwrap(), vec![33]);
         assert_eq!(index.seqs_in_time(Some(-50), Some(-45)).unwrap(), vec![0, 1, 2, 3, 4]);
         assert_eq!(index.seqs_in_time(Some(48), None).unwrap(), vec![98, 99]);
         let b = index.seqs_of_plugin("b", Some("b.Changed")).unwrap();
@@ -377,17 +377,6 @@ mod tests {
         assert!(b.iter().all(|s| s % 2 == 1));
         assert_eq!(index.seqs_of_plugin("a", None).unwrap().len(), 50);
         assert_eq!(index.stats().unwrap().0, 100);
-    }
-
-    #[test]
-    fn hash_prefix_collisions_give_every_candidate() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(dir.path()).unwrap();
-        let a = appended(0, "a", 0);
-        let mut b = appended(1, "a", 1);
-        b.hash[..8].copy_from_slice(&a.hash[..8]);
-        index.insert(&[a.clone(), b]).unwrap();
-        assert_eq!(index.seqs_of_hash(&a.hash).unwrap(), vec![0, 1]);
     }
 
     #[test]

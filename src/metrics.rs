@@ -91,12 +91,23 @@ pub async fn serve(
                 continue;
             }
         };
-        let mut buf = [0u8; 1024];
-        let n = match tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => continue,
+        // Read the whole request head before answering: closing a socket
+        // with unread bytes makes the kernel send a reset, and the client
+        // loses the response.
+        let mut buf = Vec::with_capacity(1024);
+        let read_head = async {
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
         };
-        let request = String::from_utf8_lossy(&buf[..n]);
+        if tokio::time::timeout(std::time::Duration::from_secs(2), read_head).await.is_err() {
+            continue;
+        }
+        let request = String::from_utf8_lossy(&buf);
         let path = request.split_whitespace().nth(1).unwrap_or("/");
         let (status, ctype, body) = match path {
             "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
@@ -111,5 +122,6 @@ pub async fn serve(
             body.len()
         );
         let _ = sock.write_all(response.as_bytes()).await;
+        let _ = sock.shutdown().await;
     }
 }

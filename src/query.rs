@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::chain::reader::{self, StoredBlock};
 use crate::chain::{Layout, StoreError};
 use crate::codec::{hex, Hash, Value, FLAG_TRUNCATED};
+use crate::hash_index::HashFiles;
 use crate::index::{Index, IndexError};
 
 #[derive(Clone, Debug, Default)]
@@ -122,18 +123,21 @@ pub fn by_seq(layout: &Layout, index: Option<&Index>, seq: u64) -> Result<Option
     Ok(found)
 }
 
-/// The block with this hash, through the index or, past it, the chain.
+/// The block with this hash: through the hash files of sealed segments,
+/// then by scanning what they do not cover (the active segment, or
+/// everything when the index is missing).
 pub fn by_hash(layout: &Layout, index: Option<&Index>, hash: &Hash) -> Result<Option<StoredBlock>, QueryError> {
     let mut from = 0;
-    if let Some(index) = index {
-        for seq in index.seqs_of_hash(hash)? {
-            if let Some(b) = by_seq(layout, Some(index), seq)? {
+    if index.is_some() {
+        let files = HashFiles::new(&layout.cache);
+        for seq in files.lookup(hash) {
+            if let Some(b) = by_seq(layout, index, seq)? {
                 if &b.hash == hash {
                     return Ok(Some(b));
                 }
             }
         }
-        from = index.head()?.map_or(0, |h| h.seq + 1);
+        from = files.covered_until(layout);
     }
     let mut found = None;
     reader::scan_from(layout, from, |_, _, _, b| {

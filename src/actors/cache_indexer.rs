@@ -1,6 +1,7 @@
 //! CacheIndexer: consumes [`CommittedBlocks`] from the ChainWriter and
-//! keeps the LMDB index (by seq, hash, time, plugin+operation) in step with
-//! the chain. Owns the [`Index`]. **The index is derived**: at start it
+//! keeps the index (LMDB by seq, time, plugin+operation; per-segment hash
+//! files) in step with the chain through an [`Indexer`]. Owns the
+//! [`Index`]. **The index is derived**: at start it
 //! catches up from the chain, and whenever a notification was dropped
 //! (its queue was full) it reads the missing blocks from the chain, so a
 //! slow index never blocks appends and never misses a block.
@@ -18,38 +19,24 @@ use tokio::sync::oneshot;
 use super::edge::Inbox;
 use super::pipeline::Health;
 use super::{count_restart, delivered, pull, Delivery, Stage};
-use crate::chain::{reader, Appended, Layout, StoreError};
-use crate::index::{Index, IndexError};
+use crate::chain::Layout;
+use crate::index::Index;
+use crate::indexer::{Indexer, IndexingError, TXN_BLOCKS};
 use crate::messages::CommittedBlocks;
 use crate::metrics as m;
 
-/// Notifications waiting for the indexer. When full, the ChainWriter
-/// drops the notification (counted) and the indexer catches up from disk.
-pub const INBOX_CAPACITY: usize = 16;
-
-/// Blocks per LMDB transaction. A transaction's dirty pages live on the
-/// heap until it commits and random by_hash keys dirty about one leaf per
-/// block, so this bounds the indexer's memory (~4 KiB per block) at the
-/// cost of a few more commits (cheap: the index is opened NO_SYNC).
-const INDEX_TXN_BLOCKS: usize = 16_384;
-
-/// Blocks read per step when catching up from the chain.
-const CATCH_UP_CHUNK: usize = INDEX_TXN_BLOCKS;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CatchUpError {
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    #[error(transparent)]
-    Chain(#[from] StoreError),
-}
+/// Notifications waiting for the indexer (each up to a commit, 4096
+/// blocks by default). When full, the ChainWriter drops the notification
+/// (counted) and the indexer catches up from disk, so this is sized for
+/// memory, not for bursts.
+pub const INBOX_CAPACITY: usize = 8;
 
 pub struct CacheIndexer {
     inbox: Inbox<CommittedBlocks>,
     index: Index,
     layout: Layout,
-    /// Next seq the index expects.
-    next: u64,
+    /// Built in `started`, again after every restart (it re-reads its state from disk).
+    indexer: Option<Indexer>,
     health: Arc<Health>,
     sync_interval: Duration,
     last_sync: Instant,
@@ -72,7 +59,7 @@ impl CacheIndexer {
             inbox,
             index,
             layout,
-            next: 0,
+            indexer: None,
             health,
             sync_interval,
             last_sync: Instant::now(),
@@ -83,10 +70,11 @@ impl CacheIndexer {
     }
 
     fn publish(&self) {
-        self.health.index_height.store(self.next, Ordering::Release);
+        let next = self.indexer.as_ref().map_or(0, Indexer::next);
+        self.health.index_height.store(next, Ordering::Release);
         let chain = self.health.chain_height.load(Ordering::Acquire);
-        metrics::gauge!(m::INDEX_HEAD).set(self.next as f64);
-        metrics::gauge!(m::INDEX_LAG).set(chain.saturating_sub(self.next) as f64);
+        metrics::gauge!(m::INDEX_HEAD).set(next as f64);
+        metrics::gauge!(m::INDEX_LAG).set(chain.saturating_sub(next) as f64);
     }
 }
 
@@ -95,9 +83,13 @@ impl Actor for CacheIndexer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let limit = self.health.chain_height.load(Ordering::Acquire);
-        match catch_up(&self.index, &self.layout, Some(limit)) {
-            Ok(next) => {
-                self.next = next;
+        let opened = Indexer::open(self.index.clone(), &self.layout).and_then(|mut i| {
+            i.catch_up(Some(limit))?;
+            Ok(i)
+        });
+        match opened {
+            Ok(indexer) => {
+                self.indexer = Some(indexer);
                 self.publish();
                 pull(self, ctx);
             }
@@ -124,7 +116,7 @@ impl Stage for CacheIndexer {
     }
 
     fn gather(&self) -> (usize, Duration) {
-        (CATCH_UP_CHUNK, Duration::ZERO)
+        (TXN_BLOCKS, Duration::ZERO)
     }
 
     fn on_batches(&mut self, batches: Vec<CommittedBlocks>, ctx: &mut Context<Self>) -> Delivery {
@@ -170,71 +162,13 @@ impl Stage for CacheIndexer {
 }
 
 impl CacheIndexer {
-    fn index_batches(&mut self, batches: &[CommittedBlocks]) -> Result<(), CatchUpError> {
-        let Some(first) = batches.iter().find_map(|b| b.blocks.first()) else { return Ok(()) };
-        if first.seq > self.next {
-            // Notifications were dropped: read the gap from the chain.
-            tracing::debug!(from = self.next, to = first.seq, "index catching up over dropped notifications");
-            self.next = catch_up(&self.index, &self.layout, Some(first.seq))?;
-        }
-        let fresh: Vec<Appended> =
-            batches.iter().flat_map(|b| b.blocks.iter()).filter(|b| b.seq >= self.next).cloned().collect();
-        for chunk in fresh.chunks(INDEX_TXN_BLOCKS) {
-            self.index.insert(chunk)?;
-            self.next = chunk.last().map_or(self.next, |b| b.seq + 1);
+    fn index_batches(&mut self, batches: &[CommittedBlocks]) -> Result<(), IndexingError> {
+        let indexer = self.indexer.as_mut().expect("started");
+        for b in batches {
+            indexer.add(&b.blocks)?;
         }
         Ok(())
     }
-}
-
-/// Brings the index up to the chain, reading blocks with seq < `limit`
-/// (all of them when `None`). If the index does not agree with the chain
-/// (a hash differs, or it knows blocks the chain does not have) it is
-/// rebuilt from scratch. Returns the next seq to index.
-pub fn catch_up(index: &Index, layout: &Layout, limit: Option<u64>) -> Result<u64, CatchUpError> {
-    let mut next = match index.head()? {
-        None => 0,
-        Some(head) => {
-            let agrees = match index.location(head.seq)? {
-                Some(loc) => reader::read_block_at(layout, loc.segment, loc.offset, loc.frame_len)
-                    .map(|b| b.hash == head.hash && b.body.seq == head.seq)
-                    .unwrap_or(false),
-                None => false,
-            };
-            if agrees {
-                head.seq + 1
-            } else {
-                tracing::warn!(seq = head.seq, "index does not match the chain; rebuilding it");
-                index.clear()?;
-                0
-            }
-        }
-    };
-    let mut buf: Vec<Appended> = Vec::with_capacity(CATCH_UP_CHUNK);
-    let mut failed: Option<IndexError> = None;
-    reader::scan_from(layout, next, |segment, offset, frame_len, b| {
-        if limit.is_some_and(|l| b.body.seq >= l) {
-            return false;
-        }
-        buf.push(Appended::from_stored(segment, offset, frame_len, b));
-        if buf.len() >= CATCH_UP_CHUNK {
-            if let Err(e) = index.insert(&buf) {
-                failed = Some(e);
-                return false;
-            }
-            next = buf.last().map_or(next, |b| b.seq + 1);
-            buf.clear();
-        }
-        true
-    })?;
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    if let Some(last) = buf.last() {
-        index.insert(&buf)?;
-        next = last.seq + 1;
-    }
-    Ok(next)
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@ use crate::messages::{Ack, CommittedBlocks, RecordBatch};
 use crate::metrics as m;
 
 /// Batches waiting for the ChainWriter. Larger than the others so that a
-/// commit's fdatasync has a full `max_batch` (4 source batches of 1024)
-/// queued behind it for the next group commit; together with `max_batch`
+/// commit's fdatasync has a full default `max_batch` (8 import batches of
+/// 512) queued behind it for the next group commit; together with `max_batch`
 /// it bounds the records held between the Embedder and the disk.
 pub const INBOX_CAPACITY: usize = 8;
 

@@ -11,8 +11,8 @@ use crate::codec::{self, Footprint, Value, FLAG_TRUNCATED};
 use crate::messages::{FootprintBatch, RawEvent, RawEventBatch};
 use crate::metrics as m;
 
-/// Batches waiting for the Footprinter. Sources batch up to ~1k events, so
-/// this bounds the stage's backlog to about 4k events: enough to keep the
+/// Batches waiting for the Footprinter. `import` batches 512 events, so
+/// this bounds the stage's backlog to about 2k events: enough to keep the
 /// stage busy while the source parses the next batch, small enough that a
 /// stalled writer pushes back on the source within a few milliseconds.
 pub const INBOX_CAPACITY: usize = 4;

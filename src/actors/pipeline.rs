@@ -2,7 +2,7 @@
 //! downstream outbox in its constructor; nothing is looked up at run time.
 //!
 //! ```text
-//! source --4--> Footprinter --4--> Embedder --8--> ChainWriter --16 (try_send)--> CacheIndexer
+//! source --4--> Footprinter --4--> Embedder --8--> ChainWriter --8 (try_send)--> CacheIndexer
 //! ```
 //! (capacities in batches; see each actor's `INBOX_CAPACITY`.)
 //!
