@@ -47,6 +47,11 @@ pub fn block_hash(body: &[u8]) -> Hash {
     hash_with_domain(BLOCK_DOMAIN, body)
 }
 
+/// Hash of a vector as stored: `bytes` are its little-endian f32 components.
+pub fn vector_hash_le(bytes: &[u8]) -> Hash {
+    hash_with_domain(VECTOR_DOMAIN, bytes)
+}
+
 /// Hash of a vector: domain, then each component as little-endian f32.
 pub fn vector_hash(vector: &[f32]) -> Hash {
     let mut h = Sha256::new();
@@ -175,6 +180,68 @@ pub struct BlockBodyRef<'a> {
 impl BlockBodyRef<'_> {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         rmp_serde::encode::write(out, self).expect("block body encodes");
+    }
+}
+
+/// A borrowed view of a block body, for `verify`: the same positional
+/// layout as [`BlockBody`], decoded without copying strings or data.
+/// `view_decodes_like_body` keeps the two in step.
+#[derive(Debug, Deserialize)]
+pub struct BlockView<'a> {
+    pub version: u32,
+    pub seq: u64,
+    #[serde(with = "hash_bytes")]
+    pub prev_hash: Hash,
+    pub timestamp_ns: i64,
+    #[serde(borrow)]
+    pub footprint: FootprintView<'a>,
+    #[serde(borrow)]
+    pub vector: Option<VectorView<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FootprintView<'a> {
+    pub source: Source,
+    pub plugin_id: &'a str,
+    pub operation: &'a str,
+    #[serde(borrow)]
+    pub path: Option<&'a str>,
+    #[serde(borrow)]
+    pub sender: Option<&'a str>,
+    #[serde(borrow)]
+    pub creds: Option<CredentialsView<'a>>,
+    pub captured_ns: i64,
+    pub signature: &'a str,
+    pub data: &'a [u8],
+    #[serde(with = "hash_bytes")]
+    pub data_hash: Hash,
+    pub flags: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CredentialsView<'a> {
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    #[serde(borrow)]
+    pub unit: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VectorView<'a> {
+    pub model: &'a str,
+    pub dims: u32,
+    pub offset: u64,
+    #[serde(with = "hash_bytes")]
+    pub hash: Hash,
+}
+
+impl<'a> BlockView<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, CodecError> {
+        let view: BlockView<'a> = rmp_serde::from_slice(bytes).map_err(|e| CodecError::Body(e.to_string()))?;
+        if view.version != FORMAT_VERSION {
+            return Err(CodecError::Version(view.version));
+        }
+        Ok(view)
     }
 }
 
@@ -609,6 +676,14 @@ mod tests {
             let bytes = body.encode();
             let back = BlockBody::decode(&bytes).unwrap();
             prop_assert_eq!(&back, &body);
+            // view_decodes_like_body
+            let view = BlockView::decode(&bytes).unwrap();
+            prop_assert_eq!((view.seq, view.prev_hash, view.timestamp_ns), (body.seq, body.prev_hash, body.timestamp_ns));
+            let (f, g) = (&view.footprint, &body.footprint);
+            prop_assert_eq!((f.source, f.plugin_id, f.operation, f.path, f.sender), (g.source, &g.plugin_id[..], &g.operation[..], g.path.as_deref(), g.sender.as_deref()));
+            prop_assert_eq!(f.creds.as_ref().map(|c| (c.uid, c.pid, c.unit)), g.creds.as_ref().map(|c| (c.uid, c.pid, c.unit.as_deref())));
+            prop_assert_eq!((f.captured_ns, f.signature, f.data, f.data_hash, f.flags), (g.captured_ns, &g.signature[..], &g.data[..], g.data_hash, g.flags));
+            prop_assert_eq!(view.vector.map(|v| (v.model.to_string(), v.dims, v.offset, v.hash)), body.vector.as_ref().map(|v| (v.model.clone(), v.dims, v.offset, v.hash)));
             prop_assert_eq!(back.encode(), bytes.clone());
             prop_assert_eq!(block_hash(&back.encode()), block_hash(&bytes));
         }
