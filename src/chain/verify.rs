@@ -115,7 +115,7 @@ pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
         read_into(&path, &mut segment_buf).map_err(io_err(&path))?;
         let bytes = &segment_buf[..];
         let fault = |seq, kind, offset, detail: String| Fault { seq, kind, file: file.clone(), offset, detail };
-        match check_header(&bytes, SEGMENT_MAGIC) {
+        match check_header(bytes, SEGMENT_MAGIC) {
             Err(e) => {
                 report.fault = Some(fault(expected_seq, FaultKind::BadHeader, 0, e.to_string()));
                 break;
@@ -143,7 +143,7 @@ pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
         let mut pos = HEADER_LEN as usize;
         let mut stop: Option<Fault> = None;
         loop {
-            match next_frame(&bytes, pos, 0) {
+            match next_frame(bytes, pos, 0) {
                 Step::End => break,
                 Step::Frame { offset, payload } => {
                     frames.push((offset, payload));
@@ -250,8 +250,7 @@ fn check_frame(seq: u64, offset: u64, payload: &[u8], vectors: &VectorFiles, fil
     if body.seq != seq {
         return Err(fault(FaultKind::Reordering, format!("found seq {} where seq {seq} belongs", body.seq)));
     }
-    if body.footprint.flags & FLAG_TRUNCATED == 0 && codec::data_hash(&body.footprint.data) != body.footprint.data_hash
-    {
+    if body.footprint.flags & FLAG_TRUNCATED == 0 && codec::data_hash(body.footprint.data) != body.footprint.data_hash {
         return Err(fault(FaultKind::DataHashMismatch, "stored data does not hash to data_hash".into()));
     }
     if let Some(v) = &body.vector {
