@@ -193,3 +193,23 @@ fn a_second_writer_on_the_same_state_dir_is_refused() {
         p.shutdown(Duration::from_secs(10)).await.unwrap();
     });
 }
+
+#[test]
+fn a_lagging_index_catches_up_at_start_without_new_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), Faults::default(), 10, 100);
+    let layout = Layout::new(dir.path(), None);
+    std::fs::remove_dir_all(&layout.cache).unwrap();
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let p = spawn_pipeline(config(dir.path(), Faults::default())).unwrap();
+        // No new blocks: the start-up catch-up alone must index the chain.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while p.health.index_height.load(Ordering::Acquire) < 1000 {
+            assert!(std::time::Instant::now() < deadline, "index never caught up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        p.shutdown(Duration::from_secs(10)).await.unwrap();
+    });
+    assert_eq!(Index::open(&layout.cache).unwrap().head().unwrap().unwrap().seq, 999);
+}

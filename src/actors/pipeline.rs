@@ -121,6 +121,9 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     }
     let index = Index::open(&cfg.layout.cache).context("cannot open the index")?;
     let health = Arc::new(Health::default());
+    // Published before any actor starts: the indexer's start-up catch-up
+    // reads up to this height, and it may run before the writer exists.
+    health.chain_height.store(store.head().next_seq, std::sync::atomic::Ordering::Release);
 
     // Sink first.
     let (index_tx, index_rx) = edge("chain_writer->cache_indexer", cache_indexer::INBOX_CAPACITY);
