@@ -51,8 +51,18 @@ impl HashFiles {
         self.dir.join(format!("{segment:020}.hashes"))
     }
 
-    pub fn exists(&self, segment: u64) -> bool {
-        self.path(segment).is_file()
+    /// True if the segment's file is there and its size matches its header
+    /// (a file cut short by a power loss is treated as missing and rebuilt).
+    pub fn is_valid(&self, segment: u64) -> bool {
+        let check = || -> std::io::Result<bool> {
+            let f = fs::File::open(self.path(segment))?;
+            let mut header = [0u8; HEADER as usize];
+            f.read_exact_at(&mut header, 0)?;
+            let count = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+            let first = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+            Ok(&header[..8] == MAGIC && first == segment && f.metadata()?.len() == HEADER + count * ENTRY)
+        };
+        check().unwrap_or(false)
     }
 
     /// Writes the file of a sealed segment (atomically: temp file, rename).
@@ -95,8 +105,8 @@ impl HashFiles {
     }
 
     /// Seqs whose hash starts like `hash`, from every file. A damaged file
-    /// is skipped with a warning (its blocks are then found by the scan,
-    /// see [`covered_until`](Self::covered_until)).
+    /// is skipped with a warning; [`covered_until`](Self::covered_until)
+    /// does not count it, so the caller's scan covers its blocks.
     pub fn lookup(&self, hash: &Hash) -> Vec<u64> {
         let mut out = Vec::new();
         for seg in self.segments() {
@@ -142,10 +152,10 @@ impl HashFiles {
     }
 
     /// The first seq no file covers: the first seq of the oldest segment
-    /// without a hash file (`u64::MAX` if every segment has one).
+    /// without a sound hash file (`u64::MAX` if every segment has one).
     pub fn covered_until(&self, layout: &Layout) -> u64 {
         let segments = layout.segments().unwrap_or_default();
-        segments.into_iter().find(|s| !self.exists(*s)).unwrap_or(u64::MAX)
+        segments.into_iter().find(|s| !self.is_valid(*s)).unwrap_or(u64::MAX)
     }
 }
 
@@ -175,6 +185,12 @@ mod tests {
         assert_eq!(found.len(), 3);
         assert_eq!(&found[1..], &[2000, 3000]);
         assert!(files.lookup(&[0xee; 32]).is_empty());
+        assert!(files.is_valid(0) && files.is_valid(3000));
+        // A file cut short is not valid (and so not counted as covering).
+        let f = fs::OpenOptions::new().write(true).open(files.path(3000)).unwrap();
+        f.set_len(40).unwrap();
+        assert!(!files.is_valid(3000));
+        assert!(!files.lookup(&five).contains(&3000));
         files.clear().unwrap();
         assert!(files.lookup(&five).is_empty());
     }

@@ -64,14 +64,14 @@ impl Indexer {
         let segments = layout.segments().map_err(|e| StoreError::Io { path: layout.timing.clone(), source: e })?;
         for pair in segments.windows(2) {
             let (seg, successor) = (pair[0], pair[1]);
-            if successor <= next && !me.hashes.exists(seg) {
+            if successor <= next && !me.hashes.is_valid(seg) {
                 let mut entries = me.segment_entries(seg, successor)?;
                 me.hashes.write(seg, &mut entries)?;
             }
         }
         if let Some(last) = next.checked_sub(1) {
             let holding = segments.partition_point(|s| *s <= last).checked_sub(1).map(|i| segments[i]);
-            if let Some(seg) = holding.filter(|s| !me.hashes.exists(*s)) {
+            if let Some(seg) = holding.filter(|s| !me.hashes.is_valid(*s)) {
                 me.open_segment = Some((seg, me.segment_entries(seg, next)?));
             }
         }
