@@ -286,6 +286,11 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 /// near 35 MB; 1024 cost ~7 MB more for no measurable speed.
 const IMPORT_BATCH: usize = 512;
 
+/// A batch is also handed over once its lines add up to this many bytes,
+/// so that queues counted in batches stay bounded in bytes when events
+/// are large (up to `input.max_data_bytes` each).
+const IMPORT_BATCH_BYTES: usize = 4 << 20;
+
 /// What the reader thread hands the acknowledgement task for each batch.
 struct Sent {
     last_line: u64,
@@ -334,6 +339,7 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
                     LineReader::new(std::io::BufReader::with_capacity(256 << 10, input), limits.max_line_bytes());
                 let mut buf = Vec::new();
                 let mut batch = Vec::with_capacity(IMPORT_BATCH);
+                let mut batch_bytes = 0usize;
                 let flush = |batch: &mut Vec<_>, last_line: u64| -> bool {
                     if batch.is_empty() {
                         return true;
@@ -346,10 +352,13 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
                 };
                 loop {
                     // Hand over a partial batch before waiting on a slow pipe.
-                    if !batch.is_empty() && lines.buffer_empty() && !flush(&mut batch, lines.line_no) {
-                        break;
+                    if !batch.is_empty() && lines.buffer_empty() {
+                        batch_bytes = 0;
+                        if !flush(&mut batch, lines.line_no) {
+                            break;
+                        }
                     }
-                    let now = now_ns();
+                    let now = crate::codec::now_ns();
                     let event = match lines.next_line(&mut buf) {
                         Err(e) => {
                             out.io_error = Some(e.to_string());
@@ -361,14 +370,20 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
                             out.blank += 1;
                             continue;
                         }
-                        Ok(ReadLine::Line(l)) => import::parse_line(l, limits, now).map_err(|e| e.to_string()),
+                        Ok(ReadLine::Line(l)) => {
+                            batch_bytes += l.len();
+                            import::parse_line(l, limits, now).map_err(|e| e.to_string())
+                        }
                     };
                     out.lines = lines.line_no;
                     match event {
                         Ok(e) => {
                             batch.push(e);
-                            if batch.len() >= IMPORT_BATCH && !flush(&mut batch, lines.line_no) {
-                                break;
+                            if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BATCH_BYTES {
+                                batch_bytes = 0;
+                                if !flush(&mut batch, lines.line_no) {
+                                    break;
+                                }
                             }
                         }
                         Err(msg) => {
@@ -471,11 +486,6 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn now_ns() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    d.as_nanos().min(i64::MAX as u128) as i64
-}
-
 /// Opens the index for reading if it exists (read commands never create it).
 fn open_index(layout: &Layout) -> Option<Index> {
     if !layout.cache.join("index").join("data.mdb").exists() {
@@ -493,11 +503,13 @@ fn open_index(layout: &Layout) -> Option<Index> {
 fn verify_cmd(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
     let layout = cfg.layout();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut report = verify::verify(&layout, threads).map_err(anyhow::Error::from)?;
     // The index is a witness of how far the chain once reached: a chain
-    // cut at a record boundary shows up here.
+    // cut at a record boundary shows up here. Read it before the chain, so
+    // that blocks a running writer adds meanwhile cannot look missing.
+    let witness = open_index(&layout).and_then(|i| i.head().ok().flatten());
+    let mut report = verify::verify(&layout, threads).map_err(anyhow::Error::from)?;
     if report.fault.is_none() {
-        if let Some(head) = open_index(&layout).and_then(|i| i.head().ok().flatten()) {
+        if let Some(head) = witness {
             let chain_next = report.head_seq.map_or(0, |s| s + 1);
             if head.seq >= chain_next {
                 report.fault = Some(verify::Fault {
@@ -693,7 +705,7 @@ fn reindex(cfg: &Config) -> Result<u8, Failure> {
     let layout = cfg.layout();
     let _lock = lock_state_dir(&layout)?;
     let started = Instant::now();
-    let index = Index::open(&layout.cache).context("cannot open the index")?;
+    let index = Index::open_or_reset(&layout.cache).context("cannot open the index")?;
     let indexer = Indexer::rebuild(index, &layout).context("rebuilding the index")?;
     let next = indexer.next();
     indexer.index().sync().context("cannot sync the index")?;

@@ -62,6 +62,12 @@ pub fn vector_hash(vector: &[f32]) -> Hash {
     h.finalize().into()
 }
 
+/// The wall clock as UTC nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    d.as_nanos().min(i64::MAX as u128) as i64
+}
+
 pub fn hex(hash: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(hash.len() * 2);

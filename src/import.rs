@@ -10,6 +10,7 @@ use std::io::BufRead;
 
 use serde::Deserialize;
 
+use crate::actors::footprinter::MAX_FIELD_BYTES;
 use crate::codec::{DataError, Source, Value};
 use crate::messages::RawEvent;
 
@@ -41,6 +42,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 pub enum LineError {
     #[error("not valid UTF-8")]
     Utf8,
+    #[error("{field} is longer than {MAX_FIELD_BYTES} bytes")]
+    TooLongField { field: &'static str },
     #[error("longer than {0} bytes")]
     TooLong(usize),
     #[error("{0}")]
@@ -77,6 +80,11 @@ pub fn parse_line(bytes: &[u8], limits: Limits, now_ns: i64) -> Result<RawEvent,
     let value = line.data.ok_or(LineError::MissingData)?;
     check_name("plugin_id", &line.plugin_id)?;
     check_name("operation", &line.operation)?;
+    for (field, v) in [("path", &line.path), ("sender", &line.sender)] {
+        if v.as_ref().is_some_and(|s| s.len() > MAX_FIELD_BYTES) {
+            return Err(LineError::TooLongField { field });
+        }
+    }
     let captured_ns = match &line.timestamp {
         None | Some(serde_json::Value::Null) => now_ns,
         Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(|| LineError::BadTimestamp(n.to_string()))?,
@@ -276,6 +284,9 @@ mod tests {
             let e = parse_line(line, L, 0).unwrap_err().to_string();
             assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(line));
         }
+        let long_path = format!(r#"{{"plugin_id":"p","operation":"x","data":1,"path":"/{}"}}"#, "a".repeat(4096));
+        let e = parse_line(long_path.as_bytes(), L, 0).unwrap_err().to_string();
+        assert!(e.contains("path is longer than 4096 bytes"), "{e}");
         let big = format!(r#"{{"plugin_id":"p","operation":"x","data":"{}"}}"#, "x".repeat(2000));
         let e = parse_line(big.as_bytes(), L, 0).unwrap_err().to_string();
         assert!(e.contains("above the cap of 1024"), "{e}");

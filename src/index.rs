@@ -81,6 +81,18 @@ pub fn time_key(captured_ns: i64, seq: u64) -> [u8; 16] {
     k
 }
 
+/// The `names` key of a name. LMDB keys are at most 511 bytes; a longer
+/// name (the Footprinter allows up to 4096) is keyed by `#` and the hex
+/// SHA-256 of the name, which no D-Bus name can look like.
+fn name_key(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= 400 {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        use sha2::Digest;
+        std::borrow::Cow::Owned(format!("#{}", crate::codec::hex(&sha2::Sha256::digest(name.as_bytes()))))
+    }
+}
+
 fn seq_from_tail(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"))
 }
@@ -89,6 +101,27 @@ impl Index {
     /// Opens (creating if needed) the index in `dir`.
     pub fn open(dir: &Path) -> Result<Index, IndexError> {
         Self::open_with_map_size(dir, INITIAL_MAP_SIZE)
+    }
+
+    /// As [`open`](Self::open), but an environment that cannot be opened
+    /// or read (a power cut can damage it: it runs `NO_SYNC`) is moved
+    /// aside to `index.damaged-<unix time>` and a new, empty one is opened;
+    /// the indexer then rebuilds it from the chain.
+    pub fn open_or_reset(dir: &Path) -> Result<Index, IndexError> {
+        let damage = match Self::open(dir) {
+            Ok(index) => match index.head() {
+                Ok(_) => return Ok(index),
+                Err(e) => e,
+            },
+            Err(IndexError::Io { path, source }) => return Err(IndexError::Io { path, source }),
+            Err(e) => e,
+        };
+        let path = dir.join("index");
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let aside = dir.join(format!("index.damaged-{stamp}"));
+        tracing::warn!(error = %damage, moved_to = %aside.display(), "the index cannot be read; rebuilding it");
+        std::fs::rename(&path, &aside).map_err(|source| IndexError::Io { path: path.clone(), source })?;
+        Self::open(dir)
     }
 
     /// As [`open`](Self::open), starting from a given map size.
@@ -212,6 +245,8 @@ impl Index {
 
     /// The id of a name, assigning the next one if it is new.
     fn name_id(&self, wtxn: &mut RwTxn, name: &str) -> Result<[u8; 4], heed::Error> {
+        let key = name_key(name);
+        let name: &str = &key;
         if let Some(id) = self.names.get(wtxn, name)? {
             return Ok(id.try_into().expect("4 bytes"));
         }
@@ -223,7 +258,7 @@ impl Index {
     }
 
     fn lookup_name(&self, rtxn: &heed::RoTxn, name: &str) -> Result<Option<[u8; 4]>, IndexError> {
-        Ok(self.names.get(rtxn, name).map_err(self.lmdb())?.map(|v| v.try_into().expect("4 bytes")))
+        Ok(self.names.get(rtxn, &name_key(name)).map_err(self.lmdb())?.map(|v| v.try_into().expect("4 bytes")))
     }
 
     fn grow(&self) -> Result<(), IndexError> {
@@ -392,7 +427,7 @@ mod tests {
     fn names_longer_than_a_key_are_indexed() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
-        let mut b = appended(0, &"i".repeat(255), 0);
+        let mut b = appended(0, &"i".repeat(4096), 0);
         b.operation = format!("{}.{}", "i".repeat(255), "m".repeat(255));
         index.insert(&[b.clone()]).unwrap();
         assert_eq!(index.seqs_of_plugin(&b.plugin_id, Some(&b.operation)).unwrap(), vec![0]);

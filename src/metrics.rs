@@ -121,7 +121,11 @@ pub async fn serve(
             "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let _ = sock.write_all(response.as_bytes()).await;
-        let _ = sock.shutdown().await;
+        // A client that does not read must not stall the next scrape.
+        let write = async {
+            let _ = sock.write_all(response.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), write).await;
     }
 }

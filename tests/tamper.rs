@@ -213,8 +213,18 @@ fn cutting_an_indexed_record_is_truncation() {
     let report = assert_fault(&state, "truncation", RECORDS - 1, None, "last record cut");
     assert_eq!(report["torn_tail"]["offset"].as_u64(), Some(last.offset as u64), "{report}");
 
-    // A restart cuts the tail; the index follows the chain (no stale entry).
+    // A restart refuses: an indexed (so acknowledged) block is gone, which
+    // no crash can do. Nothing is cut and the witness is kept.
     let input = state.parent().unwrap().join("one.jsonl");
+    let r = import_lines(&state, &input, [line("after.cut", "Write", json!("new"))], &[], &[SEGMENT_ENV]);
+    r.expect_code(3);
+    assert!(r.stderr.contains("truncation") && r.stderr.contains("reindex"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&path).unwrap().len(), last.offset + 40, "nothing was cut");
+    assert_fault(&state, "truncation", RECORDS - 1, None, "still reported after the refused start");
+
+    // The operator accepts the loss with `reindex`; then the next start cuts
+    // the tail and the index follows the chain (no stale entry).
+    run(&state, &["reindex"]).expect_code(0);
     let r = import_lines(&state, &input, [line("after.cut", "Write", json!("new"))], &[], &[SEGMENT_ENV]);
     r.expect_code(0);
     let (code, report) = verify_json(&state);

@@ -25,6 +25,9 @@ use crate::indexer::{Indexer, IndexingError, TXN_BLOCKS};
 use crate::messages::CommittedBlocks;
 use crate::metrics as m;
 
+/// How often the indexer checks for durable blocks it was not told about.
+const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Notifications waiting for the indexer (each up to a commit, 4096
 /// blocks by default). When full, the ChainWriter drops the notification
 /// (counted) and the indexer catches up from disk, so this is sized for
@@ -92,6 +95,15 @@ impl Actor for CacheIndexer {
                 self.indexer = Some(indexer);
                 self.publish();
                 pull(self, ctx);
+                // Dropped notifications are otherwise only noticed when the
+                // next one arrives; an idle daemon would keep a lagging index.
+                ctx.run_interval(CATCH_UP_INTERVAL, |act, ctx| {
+                    if let Err(e) = act.catch_up_to_durable() {
+                        tracing::error!(error = %e, "index catch-up failed; restarting the indexer");
+                        ctx.stop();
+                    }
+                    act.publish();
+                });
             }
             Err(e) => {
                 tracing::error!(error = %e, "index catch-up failed; restarting the indexer");
@@ -151,6 +163,10 @@ impl Stage for CacheIndexer {
     }
 
     fn on_closed(&mut self, _: &mut Context<Self>) {
+        // The writer has drained: everything durable is readable now.
+        if let Err(e) = self.catch_up_to_durable() {
+            tracing::warn!(error = %e, "final index catch-up failed; the next start finishes it");
+        }
         if let Err(e) = self.index.sync() {
             tracing::warn!(error = %e, "final index sync failed");
         }
@@ -162,6 +178,15 @@ impl Stage for CacheIndexer {
 }
 
 impl CacheIndexer {
+    /// Indexes whatever is durable and not indexed yet, from the chain.
+    fn catch_up_to_durable(&mut self) -> Result<(), IndexingError> {
+        let durable = self.health.chain_height.load(Ordering::Acquire);
+        match self.indexer.as_mut() {
+            Some(i) if i.next() < durable => i.catch_up(Some(durable)),
+            _ => Ok(()),
+        }
+    }
+
     fn index_batches(&mut self, batches: &[CommittedBlocks]) -> Result<(), IndexingError> {
         let indexer = self.indexer.as_mut().expect("started");
         for b in batches {

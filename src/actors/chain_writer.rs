@@ -25,7 +25,7 @@ use super::edge::{Inbox, Outbox};
 use super::pipeline::Health;
 use super::{count_restart, delivered, pull, Delivery, Stage};
 use crate::chain::{reader, Appended, ChainStore, Record};
-use crate::messages::{Ack, CommittedBlocks, RecordBatch};
+use crate::messages::{Ack, CommittedBlocks, PipelineError, RecordBatch};
 use crate::metrics as m;
 
 /// Batches waiting for the ChainWriter. Larger than the others so that a
@@ -45,13 +45,15 @@ pub struct ChainWriter {
     max_wait: Duration,
     /// Records taken from the inbox and not yet durable, in order.
     pending: Vec<Record>,
-    /// Submitters of the pending records: (ack, how many records).
-    acks: VecDeque<(Option<Ack>, usize)>,
+    /// Submitters of the pending records, in order.
+    acks: VecDeque<PendingAck>,
     failures: u32,
     health: Arc<Health>,
     closed: bool,
     /// Test hook: a slow disk.
     commit_delay: Option<Duration>,
+    /// Told once the input is closed and everything is durable.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ChainWriter {
@@ -79,7 +81,14 @@ impl ChainWriter {
             health,
             closed: false,
             commit_delay: None,
+            done: None,
         }
+    }
+
+    /// Reports to `done` once the input is closed and everything is durable.
+    pub fn with_done(mut self, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.done = Some(done);
+        self
     }
 
     /// Makes every commit take at least `delay` (backpressure tests).
@@ -133,7 +142,14 @@ impl Stage for ChainWriter {
 
     fn on_batches(&mut self, batches: Vec<RecordBatch>, ctx: &mut Context<Self>) -> Delivery {
         for b in batches {
-            self.acks.push_back((b.ack, b.records.len()));
+            if b.records.is_empty() {
+                // Nothing to make durable, and no seq range to report.
+                if let Some(ack) = b.ack {
+                    let _ = ack.send(Err(PipelineError::EmptyBatch));
+                }
+                continue;
+            }
+            self.acks.push_back(PendingAck { ack: b.ack, remaining: b.records.len(), first_seq: None });
             self.pending.extend(b.records);
         }
         self.commit(ctx);
@@ -160,7 +176,7 @@ impl ChainWriter {
             // This actor's own thread: sleeping here is what a slow disk does.
             std::thread::sleep(d);
         }
-        match self.store.append(&self.pending, now_ns()) {
+        match self.store.append(&self.pending, crate::codec::now_ns()) {
             Ok(appended) => {
                 self.failures = 0;
                 self.health.writer_failing.store(false, Ordering::Release);
@@ -190,19 +206,21 @@ impl ChainWriter {
         metrics::counter!(m::STAGE_SENT, "stage" => Self::NAME).increment(appended.len() as u64);
         let mut next = appended[0].seq;
         let mut remaining = appended.len();
-        while let Some((_, n)) = self.acks.front_mut() {
-            if *n > remaining {
+        while remaining > 0 {
+            let Some(front) = self.acks.front_mut() else { break };
+            front.first_seq.get_or_insert(next);
+            if front.remaining > remaining {
                 // Part of this submitter's batch is durable; the rest is still pending.
-                *n -= remaining;
+                front.remaining -= remaining;
                 break;
             }
-            let (ack, n) = self.acks.pop_front().expect("front exists");
-            let first_seq = next;
-            next += n as u64;
-            remaining -= n;
-            if let Some(ack) = ack {
-                let last_seq = next.saturating_sub(1);
+            let done = self.acks.pop_front().expect("front exists");
+            next += done.remaining as u64;
+            remaining -= done.remaining;
+            if let Some(ack) = done.ack {
+                let last_seq = next - 1;
                 let hash = appended[(last_seq - appended[0].seq) as usize].hash;
+                let first_seq = done.first_seq.expect("set above");
                 // A submitter that stopped waiting is not an error.
                 let _ = ack.send(Ok(crate::messages::Committed { first_seq, last_seq, head_hash: hash }));
             }
@@ -266,13 +284,19 @@ impl ChainWriter {
     /// Input closed and everything is durable: let the subscribers finish.
     fn finish(&mut self) {
         self.subscribers.clear();
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
         tracing::debug!("chain writer drained");
     }
 }
 
-fn now_ns() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    d.as_nanos().min(i64::MAX as u128) as i64
+/// A submitter waiting for its records: how many are not durable yet, and
+/// the seq of its first record once that one is.
+struct PendingAck {
+    ack: Option<Ack>,
+    remaining: usize,
+    first_seq: Option<u64>,
 }
 
 #[cfg(test)]

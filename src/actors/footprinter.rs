@@ -8,7 +8,7 @@ use actix::prelude::*;
 use super::edge::{Inbox, Outbox};
 use super::{count_restart, pull, Delivery, Stage};
 use crate::codec::{self, Footprint, Value, FLAG_TRUNCATED};
-use crate::messages::{FootprintBatch, RawEvent, RawEventBatch};
+use crate::messages::{FootprintBatch, PipelineError, RawEvent, RawEventBatch};
 use crate::metrics as m;
 
 /// Batches waiting for the Footprinter. `import` batches 512 events, so
@@ -55,7 +55,16 @@ impl Stage for Footprinter {
         let max = self.max_data_bytes;
         let out: Vec<FootprintBatch> = batches
             .into_iter()
-            .map(|b| FootprintBatch { items: b.events.into_iter().map(|e| footprint(e, max)).collect(), ack: b.ack })
+            .filter_map(|b| {
+                if b.events.is_empty() {
+                    // No seq range to report for nothing: answer now.
+                    if let Some(ack) = b.ack {
+                        let _ = ack.send(Err(PipelineError::EmptyBatch));
+                    }
+                    return None;
+                }
+                Some(FootprintBatch { items: b.events.into_iter().map(|e| footprint(e, max)).collect(), ack: b.ack })
+            })
             .collect();
         let tx = self.out.clone();
         Box::pin(async move {
@@ -76,10 +85,31 @@ impl Stage for Footprinter {
     }
 }
 
+/// Longest plugin id, operation, path, sender or signature stored. Sources
+/// validate their own input (`import` rejects names over 255 bytes and
+/// paths over this); this is the last line that keeps every frame far
+/// below the format's 64 MiB frame limit.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+/// Cuts `s` to at most `MAX_FIELD_BYTES` at a character boundary.
+fn capped(mut s: String) -> String {
+    if s.len() > MAX_FIELD_BYTES {
+        let mut cut = MAX_FIELD_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        metrics::counter!(m::TRUNCATED).increment(1);
+        tracing::warn!(bytes = MAX_FIELD_BYTES, "a footprint field was longer than the cap and was cut");
+    }
+    s
+}
+
 /// Turns a raw event into a footprint. Data whose canonical encoding is
 /// larger than `max_data_bytes` is stored as a `bin` holding the first
 /// `max_data_bytes` bytes of that encoding, flagged [`FLAG_TRUNCATED`];
-/// `data_hash` is always the hash of the full encoding.
+/// `data_hash` is always the hash of the full encoding. Text fields are
+/// capped at [`MAX_FIELD_BYTES`].
 pub fn footprint(e: RawEvent, max_data_bytes: usize) -> (Footprint, Value) {
     let full = e.data.encode();
     let data_hash = codec::data_hash(&full);
@@ -91,13 +121,13 @@ pub fn footprint(e: RawEvent, max_data_bytes: usize) -> (Footprint, Value) {
     };
     let fp = Footprint {
         source: e.source,
-        plugin_id: e.plugin_id,
-        operation: e.operation,
-        path: e.path,
-        sender: e.sender,
+        plugin_id: capped(e.plugin_id),
+        operation: capped(e.operation),
+        path: e.path.map(capped),
+        sender: e.sender.map(capped),
         creds: e.creds,
         captured_ns: e.captured_ns,
-        signature: e.signature,
+        signature: capped(e.signature),
         data,
         data_hash,
         flags,
@@ -133,6 +163,27 @@ mod tests {
         assert_eq!(fp.data, v.encode());
         assert_eq!(fp.data_hash, codec::data_hash(&v.encode()));
         assert_eq!(fp.flags, 0);
+    }
+
+    #[test]
+    fn long_text_fields_are_capped() {
+        let mut e = raw(Value::Nil);
+        e.path = Some("é".repeat(5000));
+        let (fp, _) = footprint(e, 1024);
+        let p = fp.path.unwrap();
+        assert!(p.len() <= MAX_FIELD_BYTES && p.len() >= MAX_FIELD_BYTES - 1);
+    }
+
+    #[actix_rt::test]
+    async fn an_empty_batch_is_answered_at_once_and_not_forwarded() {
+        let (src, inbox) = edge("test->footprinter", 4);
+        let (out, probe) = edge::<FootprintBatch>("footprinter->probe", 4);
+        Footprinter::new(inbox, out, 1024).start();
+        let (ack, rx) = tokio::sync::oneshot::channel();
+        src.send(RawEventBatch { events: vec![], ack: Some(ack) }).await.unwrap();
+        assert_eq!(rx.await.unwrap(), Err(PipelineError::EmptyBatch));
+        drop(src);
+        assert!(probe.recv(10, std::time::Duration::ZERO).await.is_empty());
     }
 
     #[test]

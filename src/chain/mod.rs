@@ -68,9 +68,12 @@ impl Layout {
         for entry in entries {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
+            // Exactly the names the writer makes: 20 digits, `.chain`.
             if let Some(stem) = name.strip_suffix(".chain") {
-                if let Ok(seq) = stem.parse::<u64>() {
-                    out.push(seq);
+                if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+                    if let Ok(seq) = stem.parse::<u64>() {
+                        out.push(seq);
+                    }
                 }
             }
         }
@@ -200,6 +203,19 @@ impl ChainStore {
     /// Opens the chain for appending, cutting a torn tail left by a crash.
     /// Corruption anywhere else is an error: committed records are never cut.
     pub fn open(layout: &Layout, segment_max_bytes: u64) -> Result<(ChainStore, Recovery), StoreError> {
+        Self::open_with_witness(layout, segment_max_bytes, None)
+    }
+
+    /// As [`open`](Self::open), refusing (before cutting anything) when the
+    /// chain ends before `witness`, the next seq after the last block the
+    /// index recorded. The index only holds durable blocks and a crash
+    /// cannot undo an fdatasync, so a chain shorter than its index has lost
+    /// acknowledged blocks; that needs an operator, not an automatic cut.
+    pub fn open_with_witness(
+        layout: &Layout,
+        segment_max_bytes: u64,
+        witness: Option<u64>,
+    ) -> Result<(ChainStore, Recovery), StoreError> {
         layout.create_dirs().map_err(io_err(&layout.state_dir))?;
         let segments = layout.segments().map_err(io_err(&layout.timing))?;
         let mut recovery = Recovery::default();
@@ -210,6 +226,19 @@ impl ChainStore {
             }
             Some(&first) => {
                 let tail = reader::scan_tail(layout, &segments)?;
+                if let Some(w) = witness.filter(|w| tail.head.next_seq < *w) {
+                    return Err(StoreError::Corrupt {
+                        seq: tail.head.next_seq,
+                        kind: "truncation",
+                        detail: format!(
+                            "the chain ends before seq {} but the index recorded blocks up to seq {}: \
+                             acknowledged blocks are missing; `op-dbus verify` shows the damage, \
+                             `op-dbus reindex` accepts the loss",
+                            tail.head.next_seq,
+                            w - 1
+                        ),
+                    });
+                }
                 let path = layout.segment_path(first);
                 let file_len = fs::metadata(&path).map_err(io_err(&path))?.len();
                 if tail.valid_len < file_len {
@@ -243,6 +272,9 @@ impl ChainStore {
             appends: 0,
         };
         recovery.cut_vector_bytes = store.trim_vector_files(&vector_ends)?;
+        // Whatever is on disk now may be acknowledged after a writer restart
+        // (see ChainWriter::reopen), so make sure it is durable.
+        store.file.sync_data().map_err(io_err(&store.path))?;
         Ok((store, recovery))
     }
 
@@ -272,6 +304,10 @@ impl ChainStore {
             self.rotate()?;
         }
         self.appends += 1;
+        debug_assert!(
+            records.iter().all(|r| r.footprint.data.len() < (MAX_FRAME_LEN as usize) / 2),
+            "the Footprinter caps data far below the frame limit"
+        );
         let result = self.append_inner(records, now_ns);
         if result.is_err() {
             self.rollback();
@@ -418,7 +454,10 @@ impl ChainStore {
             let path = m.path().join(format!("{:020}.vec", self.segment_first));
             let Ok(meta) = fs::metadata(&path) else { continue };
             let model = m.file_name().to_string_lossy().into_owned();
-            let end = ends.get(&model).copied().unwrap_or(HEADER_LEN);
+            // A file no block references is emptied, header included: its
+            // header may not have reached the disk, and the next vector
+            // written to it writes a fresh one.
+            let end = ends.get(&model).copied().unwrap_or(0);
             if meta.len() > end {
                 let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
                 f.set_len(end).map_err(io_err(&path))?;

@@ -65,7 +65,8 @@ pub fn next_frame(bytes: &[u8], pos: usize, base: u64) -> Step<'_> {
 }
 
 /// Streams the frames of one segment file without holding it in memory
-/// (segments are up to 64 MiB; the daemon's memory budget is smaller).
+/// (a segment is about `chain.segment_max_mb`, 64 MiB by default; the
+/// daemon's memory budget is smaller).
 /// Reads up to the length the file had when opened.
 pub struct FrameReader {
     r: std::io::BufReader<std::fs::File>,
@@ -188,7 +189,11 @@ pub fn scan_tail(layout: &Layout, segments: &[u64]) -> Result<TailScan, StoreErr
     let last = *segments.last().expect("caller checked");
     let path = layout.segment_path(last);
     let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
-    if len < HEADER_LEN {
+    // A header that never reached the disk (power cut right after the
+    // segment was created) reads as zeros; with no frame behind it the
+    // segment holds nothing and gets its header again.
+    let zero_header = len == HEADER_LEN && std::fs::read(&path).map_err(io_err(&path))?.iter().all(|b| *b == 0);
+    if len < HEADER_LEN || zero_header {
         // Crashed while creating the segment: it holds no block; write its header again.
         let header = super::segment_header(SEGMENT_MAGIC, 0, last);
         std::fs::write(&path, header).map_err(io_err(&path))?;
@@ -203,16 +208,19 @@ pub fn scan_tail(layout: &Layout, segments: &[u64]) -> Result<TailScan, StoreErr
         return Err(corrupt(last, "bad segment header", format!("{} names first seq {first}", path.display())));
     }
     let mut head = if segments.len() >= 2 {
+        // A sealed segment always holds blocks; an empty one is damage, not a genesis.
         let prev = segments[segments.len() - 2];
-        last_block_of(layout, prev)?.map(|b| Head {
-            next_seq: b.body.seq + 1,
-            hash: b.hash,
-            timestamp_ns: b.body.timestamp_ns,
-        })
+        let b = last_block_of(layout, prev)?.ok_or_else(|| {
+            corrupt(
+                prev,
+                "truncation",
+                format!("sealed segment {} holds no block", layout.segment_path(prev).display()),
+            )
+        })?;
+        Head { next_seq: b.body.seq + 1, hash: b.hash, timestamp_ns: b.body.timestamp_ns }
     } else {
-        None
-    }
-    .unwrap_or(Head { next_seq: last, ..Head::GENESIS });
+        Head { next_seq: last, ..Head::GENESIS }
+    };
     if head.next_seq != last {
         return Err(corrupt(head.next_seq, "truncation", format!("segment {} starts at seq {last}", path.display())));
     }
@@ -237,7 +245,15 @@ pub fn scan_tail(layout: &Layout, segments: &[u64]) -> Result<TailScan, StoreErr
                     return Err(corrupt(head.next_seq, "broken link", "prev_hash does not match".into()));
                 }
                 if let Some(v) = &block.body.vector {
-                    vector_ends.insert(v.model.clone(), v.offset + v.dims as u64 * 4);
+                    let end =
+                        (v.dims as u64).checked_mul(4).and_then(|n| v.offset.checked_add(n)).ok_or_else(|| {
+                            corrupt(
+                                head.next_seq,
+                                "bad vector reference",
+                                format!("offset {} dims {}", v.offset, v.dims),
+                            )
+                        })?;
+                    vector_ends.insert(v.model.clone(), end);
                 }
                 head = Head { next_seq: head.next_seq + 1, hash: block.hash, timestamp_ns: block.body.timestamp_ns };
             }

@@ -86,6 +86,7 @@ struct Checked {
     seq: u64,
     prev_hash: Hash,
     hash: Hash,
+    timestamp_ns: i64,
     offset: u64,
 }
 
@@ -104,6 +105,7 @@ pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
     };
     let mut expected_seq = 0u64;
     let mut prev_hash = ZERO_HASH;
+    let mut prev_ts = i64::MIN;
     // Reused from segment to segment: fresh 64 MiB buffers cost a page
     // fault and a zeroed page per 4 KiB, a tenth of the run.
     let mut segment_buf = Vec::new();
@@ -223,6 +225,16 @@ pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
                 ));
                 break;
             }
+            if c.timestamp_ns < prev_ts {
+                stop = Some(fault(
+                    c.seq,
+                    FaultKind::Reordering,
+                    c.offset,
+                    format!("commit timestamp {} is before the previous block's {prev_ts}", c.timestamp_ns),
+                ));
+                break;
+            }
+            prev_ts = c.timestamp_ns;
             prev_hash = c.hash;
             expected_seq += 1;
             report.blocks += 1;
@@ -267,18 +279,18 @@ fn check_frame(seq: u64, offset: u64, payload: &[u8], vectors: &VectorFiles, fil
                 format!("{} vector file header says {file_dims} dims, the block says {}", v.model, v.dims),
             ));
         }
-        let end = v.offset as usize + v.dims as usize * 4;
-        if v.offset < HEADER_LEN || end > bytes.len() {
+        let end = (v.dims as usize).checked_mul(4).and_then(|n| (v.offset as usize).checked_add(n));
+        let Some(end) = end.filter(|e| v.offset >= HEADER_LEN && *e <= bytes.len()) else {
             return Err(fault(
                 FaultKind::MissingVector,
                 format!("vector at offset {} is past the end of the {} file", v.offset, v.model),
             ));
-        }
+        };
         if codec::vector_hash_le(&bytes[v.offset as usize..end]) != v.hash {
             return Err(fault(FaultKind::WrongVector, format!("{} vector does not match its hash", v.model)));
         }
     }
-    Ok(Checked { seq: body.seq, prev_hash: body.prev_hash, hash: stored, offset })
+    Ok(Checked { seq: body.seq, prev_hash: body.prev_hash, hash: stored, timestamp_ns: body.timestamp_ns, offset })
 }
 
 /// The vector files paired with one segment, per model, read whole, with

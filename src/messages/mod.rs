@@ -25,6 +25,8 @@ pub struct Committed {
 pub enum PipelineError {
     #[error("the pipeline stopped before the batch was durable")]
     Stopped,
+    #[error("a batch must hold at least one event")]
+    EmptyBatch,
 }
 
 /// An event as a source saw it, before canonical encoding.
