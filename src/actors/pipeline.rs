@@ -87,13 +87,27 @@ pub struct Pipeline {
     pub health: Arc<Health>,
     /// What opening the chain had to repair.
     pub recovery: Recovery,
-    _lock: File,
+    _lock: Locks,
 }
 
-/// Takes the state dir's lock: one writer per state dir.
-pub fn lock_state_dir(layout: &Layout) -> anyhow::Result<File> {
+/// The writer's locks: the state dir's, and the cache dir's when it lives
+/// elsewhere (`OPDBUS_CACHE_DIR`), so that two state dirs cannot share one
+/// index and keep rebuilding it from different chains.
+pub struct Locks {
+    _state: File,
+    _cache: Option<File>,
+}
+
+/// Takes the state dir's lock (and the cache dir's): one writer per state dir.
+pub fn lock_state_dir(layout: &Layout) -> anyhow::Result<Locks> {
     layout.create_dirs().with_context(|| format!("cannot create state dir {}", layout.state_dir.display()))?;
-    let path = layout.state_dir.join("op-dbus.lock");
+    let state = lock_dir(&layout.state_dir)?;
+    let cache = if layout.cache.starts_with(&layout.state_dir) { None } else { Some(lock_dir(&layout.cache)?) };
+    Ok(Locks { _state: state, _cache: cache })
+}
+
+fn lock_dir(dir: &std::path::Path) -> anyhow::Result<File> {
+    let path = dir.join("op-dbus.lock");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -104,8 +118,8 @@ pub fn lock_state_dir(layout: &Layout) -> anyhow::Result<File> {
     if file.try_lock().is_err() {
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
         anyhow::bail!(
-            "state dir {} is in use by another op-dbus process (pid {}); stop it or use another --state-dir",
-            layout.state_dir.display(),
+            "{} is in use by another op-dbus process (pid {}); stop it or use another --state-dir",
+            dir.display(),
             holder.trim()
         );
     }
