@@ -237,10 +237,11 @@ fn run(cfg: Config) -> Result<u8, Failure> {
         if let Some(handle) = handle {
             let h = health.clone();
             let addr = cfg.metrics_listen;
-            // Fail start-up if the port is taken rather than run unobservable.
-            let listener_check = std::net::TcpListener::bind(addr)
+            // Bound here, so that a taken port fails start-up rather than
+            // leaving the daemon running unobservable.
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
                 .with_context(|| format!("cannot listen for metrics on {addr} (metrics.listen)"))?;
-            drop(listener_check);
             actix_rt::spawn(async move {
                 let health = move || {
                     use std::sync::atomic::Ordering::Acquire;
@@ -255,9 +256,7 @@ fn run(cfg: Config) -> Result<u8, Failure> {
                     });
                     (!failing, body.to_string())
                 };
-                if let Err(e) = crate::metrics::serve(addr, handle, health).await {
-                    tracing::error!(error = %e, "metrics server stopped");
-                }
+                crate::metrics::serve(listener, handle, health).await;
             });
         }
         wait_for_signal().await?;

@@ -47,19 +47,10 @@ pub fn block_hash(body: &[u8]) -> Hash {
     hash_with_domain(BLOCK_DOMAIN, body)
 }
 
-/// Hash of a vector as stored: `bytes` are its little-endian f32 components.
+/// Hash of a vector as stored: domain, then `bytes`, its components as
+/// little-endian f32.
 pub fn vector_hash_le(bytes: &[u8]) -> Hash {
     hash_with_domain(VECTOR_DOMAIN, bytes)
-}
-
-/// Hash of a vector: domain, then each component as little-endian f32.
-pub fn vector_hash(vector: &[f32]) -> Hash {
-    let mut h = Sha256::new();
-    h.update(VECTOR_DOMAIN);
-    for x in vector {
-        h.update(x.to_le_bytes());
-    }
-    h.finalize().into()
 }
 
 /// The wall clock as UTC nanoseconds since the Unix epoch.
@@ -532,25 +523,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The footprint of the FORMAT.md worked example.
     fn sample_footprint() -> Footprint {
-        let data = Value::map(vec![
-            (Value::Str("unit".into()), Value::Str("nginx.service".into())),
-            (Value::Str("result".into()), Value::Str("done".into())),
-        ])
-        .encode();
-        Footprint {
-            source: Source::Import,
-            plugin_id: "org.freedesktop.systemd1".into(),
-            operation: "org.freedesktop.systemd1.Manager.JobRemoved".into(),
-            path: Some("/org/freedesktop/systemd1".into()),
-            sender: None,
-            creds: None,
-            captured_ns: 1_700_000_000_000_000_000,
-            signature: String::new(),
-            data_hash: data_hash(&data),
-            data,
-            flags: 0,
-        }
+        super::format_example::block().footprint
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl Indexer {
     /// Hash entries of the blocks of segment `seg` with seq < `until`.
     fn segment_entries(&self, seg: u64, until: u64) -> Result<Vec<Entry>, IndexingError> {
         let mut entries = Vec::new();
-        reader::for_each_block(&self.layout, seg, |_, _, b| {
+        reader::for_each_block(&self.layout, seg, 0, |_, _, b| {
             if b.body.seq >= until {
                 return false;
             }

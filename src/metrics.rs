@@ -3,11 +3,10 @@
 //! labels take a handful of fixed values (stage and edge names), so the
 //! label sets stay bounded. Stages emit per batch, never per event.
 
-use std::net::SocketAddr;
-
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 pub const STAGE_RECEIVED: &str = "op_dbus_stage_received_events_total";
 pub const STAGE_SENT: &str = "op_dbus_stage_sent_events_total";
@@ -61,18 +60,13 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `GET /health` on `addr`.
+/// Serves `GET /metrics` (Prometheus text) and `GET /health` on `listener`, forever.
 /// A deliberately tiny HTTP/1.0 responder: one request per connection, no
 /// keep-alive, which is all a scraper and a health probe need.
-pub async fn serve(
-    addr: SocketAddr,
-    handle: PrometheusHandle,
-    health: impl Fn() -> (bool, String) + 'static,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
-    tracing::info!(%addr, "serving /metrics and /health");
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, health: impl Fn() -> (bool, String) + 'static) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics and /health");
+    }
     // Without an HTTP listener of its own the exporter does no upkeep, and
     // histogram samples would pile up between scrapes without bound.
     let upkeep = handle.clone();

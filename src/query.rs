@@ -57,7 +57,9 @@ pub fn query(layout: &Layout, index: Option<&Index>, filter: &Filter) -> Result<
         }
     };
     let selective = filter.plugin.is_some() || filter.since.is_some() || filter.until.is_some();
-    match index {
+    // Where the chain scan starts: after what the index answered, or, when
+    // the index cannot narrow the query, wherever the answer can begin.
+    let scan_from = match index {
         Some(index) if selective && indexed_next > 0 => {
             let mut seqs = if let Some(p) = &filter.plugin {
                 index.seqs_of_plugin(p, filter.operation.as_deref())?
@@ -80,24 +82,15 @@ pub fn query(layout: &Layout, index: Option<&Index>, filter: &Filter) -> Result<
             for b in found.into_iter().rev() {
                 push(&mut out, b);
             }
+            indexed_next
         }
-        _ => {
-            let from = match (filter.limit, filter.operation.is_some(), index) {
-                // Unfiltered with a limit: start just before the end.
-                (Some(n), false, Some(_)) => indexed_next.saturating_sub(n as u64),
-                _ => 0,
-            };
-            reader::scan_from(layout, from, |_, _, _, b| {
-                let seq = b.body.seq;
-                if seq < indexed_next && filter.matches(&b) {
-                    push(&mut out, b);
-                }
-                seq + 1 < indexed_next
-            })?;
+        // Unfiltered with a limit: start just before the indexed end.
+        _ if filter.limit.is_some() && filter.operation.is_none() => {
+            indexed_next.saturating_sub(filter.limit.unwrap_or(0) as u64)
         }
-    }
-    // Blocks the index has not reached yet.
-    reader::scan_from(layout, indexed_next, |_, _, _, b| {
+        _ => 0,
+    };
+    reader::scan_from(layout, scan_from, |_, _, _, b| {
         if filter.matches(&b) {
             push(&mut out, b);
         }

@@ -39,7 +39,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct ChainWriter {
     inbox: Inbox<RecordBatch>,
     store: ChainStore,
-    segment_max_bytes: u64,
     subscribers: Vec<Outbox<CommittedBlocks>>,
     max_batch: usize,
     max_wait: Duration,
@@ -60,18 +59,15 @@ impl ChainWriter {
     pub fn new(
         inbox: Inbox<RecordBatch>,
         store: ChainStore,
-        segment_max_bytes: u64,
         subscribers: Vec<Outbox<CommittedBlocks>>,
         max_batch: usize,
         max_wait: Duration,
         health: Arc<Health>,
     ) -> Self {
-        health.chain_height.store(store.head().next_seq, Ordering::Release);
         metrics::gauge!(m::CHAIN_HEIGHT).set(store.head().next_seq as f64);
         ChainWriter {
             inbox,
             store,
-            segment_max_bytes,
             subscribers,
             max_batch,
             max_wait,
@@ -239,7 +235,7 @@ impl ChainWriter {
     fn reopen(&mut self) {
         let before = self.store.head();
         let layout = self.store.layout().clone();
-        let (store, recovery) = match ChainStore::open(&layout, self.segment_max_bytes) {
+        let (store, recovery) = match ChainStore::open(&layout, self.store.segment_max_bytes()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen the chain; will retry");
@@ -321,7 +317,7 @@ mod tests {
         let (probe_tx, probe) = edge("chain_writer->probe", 64);
         let (stuck_tx, _stuck) = edge::<CommittedBlocks>("chain_writer->stuck", 1);
         let health = Arc::new(Health::default());
-        ChainWriter::new(inbox, store, 1 << 30, vec![probe_tx, stuck_tx], 100, Duration::ZERO, health.clone()).start();
+        ChainWriter::new(inbox, store, vec![probe_tx, stuck_tx], 100, Duration::ZERO, health.clone()).start();
         let mut acks = Vec::new();
         for b in 0..10u64 {
             let (ack, rx) = tokio::sync::oneshot::channel();

@@ -111,7 +111,9 @@ impl<T: Batch> Inbox<T> {
     /// Waits for at least one batch, then takes what is queued until the
     /// batches hold `max_events` events; with `linger` > 0 it waits up to
     /// that long for more. Returns an empty vector once the edge is closed
-    /// and drained. Cancel-safe: a dropped call loses nothing.
+    /// and drained. Cancel-safe only while waiting for the first batch: a
+    /// call dropped while lingering drops what it took. The pull loop never
+    /// drops a call mid-way except when the whole system stops.
     pub async fn recv(&self, max_events: usize, linger: std::time::Duration) -> Vec<T> {
         let mut rx = self.rx.clone().lock_owned().await;
         let mut out = Vec::new();

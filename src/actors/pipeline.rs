@@ -161,10 +161,10 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
         })
     };
     let chain_writer = {
-        let (health, seg, max_batch, max_wait, delay) =
-            (health.clone(), cfg.segment_max_bytes, cfg.max_batch, cfg.max_wait, cfg.faults.commit_delay);
+        let (health, max_batch, max_wait, delay) =
+            (health.clone(), cfg.max_batch, cfg.max_wait, cfg.faults.commit_delay);
         Supervisor::start_in_arbiter(&arbiters[2].handle(), move |_| {
-            ChainWriter::new(chain_rx, store, seg, vec![index_tx], max_batch, max_wait, health)
+            ChainWriter::new(chain_rx, store, vec![index_tx], max_batch, max_wait, health)
                 .with_commit_delay(delay)
                 .with_done(writer_done_tx)
         })

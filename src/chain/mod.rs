@@ -286,6 +286,10 @@ impl ChainStore {
         &self.layout
     }
 
+    pub fn segment_max_bytes(&self) -> u64 {
+        self.segment_max_bytes
+    }
+
     /// Makes the `n`-th call to [`append`](Self::append) from now fail after
     /// writing part of its batch (used by supervision tests).
     pub fn inject_failure_at_append(&mut self, n: u64) {
@@ -328,15 +332,16 @@ impl ChainStore {
                 Some(e) => {
                     let vf_len = self.vector_file(e.model, e.values.len() as u32)?.len;
                     let vb = vec_bufs.entry(e.model).or_default();
-                    let offset = vf_len + vb.len() as u64;
+                    let at = vb.len();
                     for x in &e.values {
                         vb.extend_from_slice(&x.to_le_bytes());
                     }
                     Some(VectorRef {
                         model: e.model.to_string(),
                         dims: e.values.len() as u32,
-                        offset,
-                        hash: codec::vector_hash(&e.values),
+                        offset: vf_len + at as u64,
+                        // Hashed as stored, from the bytes just laid out.
+                        hash: codec::vector_hash_le(&vb[at..]),
                     })
                 }
             };
@@ -426,11 +431,10 @@ impl ChainStore {
             let path = self.layout.vector_path(model, self.segment_first);
             let dir = path.parent().expect("vector path has a parent");
             fs::create_dir_all(dir).map_err(io_err(dir))?;
-            let existed = path.exists();
             let mut file =
                 OpenOptions::new().create(true).append(true).read(true).open(&path).map_err(io_err(&path))?;
             let mut len = file.metadata().map_err(io_err(&path))?.len();
-            if !existed || len == 0 {
+            if len == 0 {
                 file.write_all(&segment_header(VECTOR_MAGIC, dims, self.segment_first)).map_err(io_err(&path))?;
                 file.sync_data().map_err(io_err(&path))?;
                 sync_dir(dir)?;
@@ -451,9 +455,9 @@ impl ChainStore {
             Err(_) => return Ok(0),
         };
         for m in models.flatten() {
-            let path = m.path().join(format!("{:020}.vec", self.segment_first));
-            let Ok(meta) = fs::metadata(&path) else { continue };
             let model = m.file_name().to_string_lossy().into_owned();
+            let path = self.layout.vector_path(&model, self.segment_first);
+            let Ok(meta) = fs::metadata(&path) else { continue };
             // A file no block references is emptied, header included: its
             // header may not have reached the disk, and the next vector
             // written to it writes a fresh one.

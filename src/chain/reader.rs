@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{io_err, Head, Layout, StoreError, FRAME_HEADER_LEN, HEADER_LEN, MAX_FRAME_LEN, SEGMENT_MAGIC};
-use crate::codec::{BlockBody, Hash, FORMAT_VERSION};
+use crate::codec::{BlockBody, BlockView, Hash, FORMAT_VERSION};
 
 /// One step of the frame parser.
 #[derive(Debug, PartialEq)]
@@ -78,27 +78,22 @@ pub struct FrameReader {
 
 impl FrameReader {
     /// Opens a segment and checks its header; returns the reader and the
-    /// header's first seq.
-    pub fn open(path: &Path) -> Result<(FrameReader, u64), StoreError> {
+    /// header's first seq. A bad header is reported at seq `first`, the
+    /// segment's first seq by its name.
+    pub fn open(path: &Path, first: u64) -> Result<(FrameReader, u64), StoreError> {
         use std::io::Read;
         let file = std::fs::File::open(path).map_err(io_err(path))?;
         let len = file.metadata().map_err(io_err(path))?.len();
         let mut r = std::io::BufReader::with_capacity(256 << 10, file);
         let mut header = [0u8; HEADER_LEN as usize];
         let n = r.read(&mut header).map_err(io_err(path))?;
-        let first = check_header(&header[..n], SEGMENT_MAGIC).map_err(|e| StoreError::Corrupt {
-            seq: 0,
-            kind: "bad segment header",
-            detail: format!("{}: {e}", path.display()),
-        })?;
-        if n < HEADER_LEN as usize || first.1 != 0 {
-            return Err(StoreError::Corrupt {
-                seq: 0,
-                kind: "bad segment header",
-                detail: format!("{}: short or reserved field not zero", path.display()),
-            });
+        let bad = |detail: String| StoreError::Corrupt { seq: first, kind: "bad segment header", detail };
+        let (named, reserved) =
+            check_header(&header[..n], SEGMENT_MAGIC).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        if reserved != 0 {
+            return Err(bad(format!("{}: reserved field is not zero", path.display())));
         }
-        Ok((FrameReader { r, pos: HEADER_LEN, len, buf: Vec::new(), path: path.to_path_buf() }, first.0))
+        Ok((FrameReader { r, pos: HEADER_LEN, len, buf: Vec::new(), path: path.to_path_buf() }, named))
     }
 
     /// Offset of the next frame.
@@ -200,10 +195,7 @@ pub fn scan_tail(layout: &Layout, segments: &[u64]) -> Result<TailScan, StoreErr
         std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io_err(&path))?;
     }
     let corrupt = |seq, kind, detail: String| StoreError::Corrupt { seq, kind, detail };
-    let (mut frames, first) = FrameReader::open(&path).map_err(|e| match e {
-        StoreError::Corrupt { kind, detail, .. } => StoreError::Corrupt { seq: last, kind, detail },
-        other => other,
-    })?;
+    let (mut frames, first) = FrameReader::open(&path, last)?;
     if first != last {
         return Err(corrupt(last, "bad segment header", format!("{} names first seq {first}", path.display())));
     }
@@ -277,26 +269,25 @@ pub fn read_head(layout: &Layout) -> Result<Head, StoreError> {
 /// The last sound block of a sealed segment.
 fn last_block_of(layout: &Layout, first: u64) -> Result<Option<StoredBlock>, StoreError> {
     let mut last = None;
-    for_each_block(layout, first, |_, _, b| {
+    for_each_block(layout, first, 0, |_, _, b| {
         last = Some(b);
         true
     })?;
     Ok(last)
 }
 
-/// Calls `f(offset, frame_len, block)` for each block of the segment starting at
-/// `first`, until `f` returns false. Stops quietly at a torn tail (a reader
-/// may race the writer); corruption is an error.
+/// Calls `f(offset, frame_len, block)` for each block with seq >= `from` of
+/// the segment starting at `first`, until `f` returns false. Blocks below
+/// `from` are skipped after a borrowed decode (no copies). Stops quietly
+/// at a torn tail (a reader may race the writer); corruption is an error.
 pub fn for_each_block(
     layout: &Layout,
     first: u64,
+    from: u64,
     mut f: impl FnMut(u64, u32, StoredBlock) -> bool,
 ) -> Result<(), StoreError> {
     let path = layout.segment_path(first);
-    let (mut frames, _) = FrameReader::open(&path).map_err(|e| match e {
-        StoreError::Corrupt { kind, detail, .. } => StoreError::Corrupt { seq: first, kind, detail },
-        other => other,
-    })?;
+    let (mut frames, _) = FrameReader::open(&path, first)?;
     loop {
         match frames.next_frame()? {
             Step::End | Step::Torn { .. } => return Ok(()),
@@ -308,6 +299,9 @@ pub fn for_each_block(
                 })
             }
             Step::Frame { offset, payload } => {
+                if BlockView::decode(split_payload(payload).0).is_ok_and(|v| v.seq < from) {
+                    continue;
+                }
                 let frame_len = (FRAME_HEADER_LEN + payload.len()) as u32;
                 let block = decode_payload(payload).map_err(|e| StoreError::Corrupt {
                     seq: first,
@@ -332,10 +326,7 @@ pub fn scan_from(
     let start = segments.partition_point(|s| *s <= from).saturating_sub(1);
     for &seg in &segments[start.min(segments.len())..] {
         let mut go_on = true;
-        for_each_block(layout, seg, |offset, len, b| {
-            if b.body.seq < from {
-                return true;
-            }
+        for_each_block(layout, seg, from, |offset, len, b| {
             go_on = f(seg, offset, len, b);
             go_on
         })?;
@@ -366,14 +357,4 @@ pub fn read_block_at(layout: &Layout, segment: u64, offset: u64, frame_len: u32)
             detail: format!("{} offset {offset}: index points at no sound frame", path.display()),
         }),
     }
-}
-
-/// Reads one vector back.
-pub fn read_vector(path: &Path, offset: u64, dims: u32) -> std::io::Result<Vec<f32>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; dims as usize * 4];
-    f.read_exact(&mut buf)?;
-    Ok(buf.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
 }
