@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::actors::pipeline::{lock_state_dir, spawn_pipeline};
+use crate::actors::pipeline::{attach_bus, lock_state_dir, spawn_pipeline};
 use crate::chain::{reader, verify, Layout};
 use crate::codec::{hex, parse_hex_hash};
 use crate::config::{Config, ConfigError, Overrides};
@@ -60,6 +60,21 @@ pub enum Command {
     Status(JsonArg),
     /// Rebuild the LMDB index from the chain.
     Reindex,
+    /// Submit a footprint to the running daemon over D-Bus; prints its seq once durable.
+    Submit(SubmitArgs),
+    /// Print the D-Bus policy for org.opdbus (install it as /etc/dbus-1/system.d/org.opdbus.conf).
+    DbusPolicy,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    pub plugin_id: String,
+    pub operation: String,
+    /// Event data as JSON
+    pub data_json: String,
+    /// Bus the daemon serves on: system, session or an address [default: service.address, else bus.address]
+    #[arg(long)]
+    pub bus: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +94,15 @@ pub struct RunArgs {
     /// Do not serve metrics
     #[arg(long)]
     pub no_metrics: bool,
+    /// Bus to record: system, session, or an address such as unix:path=/run/bus [env: OP_DBUS_BUS]
+    #[arg(long)]
+    pub bus: Option<String>,
+    /// Record no bus (only Submit and imports)
+    #[arg(long)]
+    pub no_bus: bool,
+    /// Do not serve org.opdbus
+    #[arg(long)]
+    pub no_service: bool,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +204,9 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 max_wait_ms: a.max_wait_ms,
                 metrics_listen: a.metrics_listen,
                 no_metrics: a.no_metrics,
+                bus: a.bus,
+                no_bus: a.no_bus,
+                no_service: a.no_service,
                 ..Default::default()
             };
             run(load_config(&cli.global, flags)?)
@@ -194,6 +221,12 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Show(a) => show(&existing(load_config(&cli.global, Overrides::default())?)?, &a),
         Command::Status(a) => status(&existing(load_config(&cli.global, Overrides::default())?)?, a.json),
         Command::Reindex => reindex(&existing(load_config(&cli.global, Overrides::default())?)?),
+        Command::Submit(a) => submit(&load_config(&cli.global, Overrides::default())?, &a),
+        Command::DbusPolicy => {
+            let cfg = load_config(&cli.global, Overrides::default())?;
+            print!("{}", crate::bus::policy::render(&cfg.service));
+            Ok(0)
+        }
     }
 }
 
@@ -223,15 +256,24 @@ pub fn init_tracing() {
 
 fn run(cfg: Config) -> Result<u8, Failure> {
     init_tracing();
+    raise_fd_limit();
     let handle = if cfg.metrics_enabled { Some(crate::metrics::install()?) } else { None };
     let system = actix_rt::System::new();
     let result: anyhow::Result<()> = system.block_on(async move {
-        let pipeline = spawn_pipeline(cfg.pipeline())?;
+        let mut pipeline = spawn_pipeline(cfg.pipeline())?;
+        let limits = Limits { max_data_bytes: cfg.max_data_bytes, max_depth: cfg.max_depth };
+        if let Err(e) = attach_bus(&mut pipeline, &cfg.bus, &cfg.service, limits).await {
+            // Nothing was recorded from the bus yet; close what did start.
+            let _ = pipeline.shutdown(cfg.shutdown_deadline).await;
+            return Err(e);
+        }
         let health = pipeline.health.clone();
         tracing::info!(
             state_dir = %cfg.state_dir.display(),
             head = health.chain_height.load(std::sync::atomic::Ordering::Acquire),
             vector_level = cfg.vector_level.as_str(),
+            bus = %if cfg.bus.enabled { cfg.bus.address.to_string() } else { "none".into() },
+            service = cfg.service.enabled,
             "op-dbus is recording"
         );
         if let Some(handle) = handle {
@@ -267,6 +309,58 @@ fn run(cfg: Config) -> Result<u8, Failure> {
     });
     result?;
     Ok(0)
+}
+
+/// Monitors receive the file descriptors of the messages they see, held
+/// until the message is dropped; a full capture queue can hold thousands.
+/// Raise the soft limit to the hard one, as daemons do.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn submit(cfg: &Config, a: &SubmitArgs) -> Result<u8, Failure> {
+    let addr = match &a.bus {
+        Some(b) => crate::config::BusAddress::parse(b).ok_or_else(|| {
+            usage(anyhow::anyhow!("invalid --bus {b:?}: allowed: {}", crate::config::BusAddress::ALLOWED))
+        })?,
+        None => cfg.service.address.clone().unwrap_or_else(|| cfg.bus.address.clone()),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    rt.block_on(async {
+        let conn = crate::bus::connect(&addr).await.map_err(anyhow::Error::from)?;
+        let reply = conn
+            .call_method(
+                Some(crate::bus::SERVICE_NAME),
+                crate::bus::SERVICE_PATH,
+                Some(crate::bus::SERVICE_INTERFACE),
+                "Submit",
+                &(a.plugin_id.as_str(), a.operation.as_str(), a.data_json.as_str()),
+            )
+            .await;
+        match reply {
+            Ok(m) => {
+                let seq: u64 = m.body().deserialize().context("unexpected reply to Submit")?;
+                println!("{seq}");
+                Ok(0)
+            }
+            Err(zbus::Error::MethodError(name, detail, _)) => {
+                eprintln!("op-dbus: Submit failed: {}: {}", name.as_str(), detail.unwrap_or_default());
+                Ok(if name.as_str().ends_with("InvalidArgument") { EXIT_PROBLEM } else { EXIT_FAILURE })
+            }
+            Err(zbus::Error::FDO(e)) => {
+                eprintln!("op-dbus: Submit failed: {e}");
+                Ok(EXIT_FAILURE)
+            }
+            Err(e) => Err(Failure::from(anyhow::Error::from(e).context("Submit failed"))),
+        }
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

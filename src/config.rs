@@ -69,6 +69,147 @@ pub struct Config {
     pub metrics_enabled: bool,
     pub metrics_listen: SocketAddr,
     pub shutdown_deadline: Duration,
+    pub bus: BusConfig,
+    pub service: ServiceConfig,
+}
+
+/// Which bus to connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusAddress {
+    System,
+    Session,
+    /// A D-Bus address such as `unix:path=/run/dbus/system_bus_socket`.
+    Address(String),
+}
+
+impl BusAddress {
+    pub const ALLOWED: &'static str = "system, session, or a D-Bus address such as unix:path=/run/my-bus";
+
+    pub fn parse(s: &str) -> Option<BusAddress> {
+        let s = s.trim();
+        Some(match s {
+            "system" => BusAddress::System,
+            "session" => BusAddress::Session,
+            _ if s.contains(':') && s.split(':').next().is_some_and(|t| !t.is_empty()) => {
+                BusAddress::Address(s.to_string())
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for BusAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusAddress::System => f.write_str("system"),
+            BusAddress::Session => f.write_str("session"),
+            BusAddress::Address(a) => f.write_str(a),
+        }
+    }
+}
+
+/// What the capture does when its queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueuePolicy {
+    /// Stop reading the bus until there is room: nothing is dropped here,
+    /// but dbus-daemon buffers the backlog in its own memory.
+    Block,
+    /// Keep reading; count what does not fit and record it as a gap.
+    Drop,
+}
+
+impl QueuePolicy {
+    pub const ALLOWED: &'static str = "block, drop";
+
+    pub fn parse(s: &str) -> Option<QueuePolicy> {
+        match s.trim() {
+            "block" => Some(QueuePolicy::Block),
+            "drop" => Some(QueuePolicy::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// One include or exclude rule: every field given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRule {
+    /// signal, method_call, method_return or error
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub interface: Option<String>,
+    pub member: Option<String>,
+    /// Exact object path.
+    pub path: Option<String>,
+    /// Object path or anything below it.
+    pub path_namespace: Option<String>,
+    /// Unique name (`:1.42`) or a well-known name the sender owns.
+    pub sender: Option<String>,
+}
+
+/// Live capture from a bus (`[bus]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusConfig {
+    /// Record a bus at all (`op-dbus run --no-bus` turns it off).
+    pub enabled: bool,
+    pub address: BusAddress,
+    pub signals: bool,
+    pub method_calls: bool,
+    pub method_returns: bool,
+    pub errors: bool,
+    pub include: Vec<MatchRule>,
+    pub exclude: Vec<MatchRule>,
+    pub queue_policy: QueuePolicy,
+    /// Capture queue bound, in messages.
+    pub queue_messages: usize,
+    /// Capture queue bound, in bytes of message bodies.
+    pub queue_bytes: usize,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            enabled: true,
+            address: BusAddress::System,
+            signals: true,
+            method_calls: false,
+            method_returns: false,
+            errors: false,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            queue_policy: QueuePolicy::Drop,
+            queue_messages: 65_536,
+            queue_bytes: 64 << 20,
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The op-dbus D-Bus service (`[service]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    pub enabled: bool,
+    /// The bus to serve on; `None` means the recorded bus.
+    pub address: Option<BusAddress>,
+    /// Most `BlocksAppended` signals per second.
+    pub signal_rate: u32,
+    /// Groups the generated bus policy lets call `Submit`, and the read methods.
+    pub submit_group: String,
+    pub read_group: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            enabled: true,
+            address: None,
+            signal_rate: 10,
+            submit_group: "opdbus".into(),
+            read_group: "opdbus-read".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -87,6 +228,8 @@ impl Default for Config {
             metrics_enabled: true,
             metrics_listen: "127.0.0.1:9464".parse().expect("valid address"),
             shutdown_deadline: Duration::from_secs(30),
+            bus: BusConfig::default(),
+            service: ServiceConfig::default(),
         }
     }
 }
@@ -109,6 +252,37 @@ struct FileConfig {
     metrics: MetricsSection,
     #[serde(default)]
     daemon: DaemonSection,
+    #[serde(default)]
+    bus: BusSection,
+    #[serde(default)]
+    service: ServiceSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BusSection {
+    enabled: Option<bool>,
+    address: Option<String>,
+    signals: Option<bool>,
+    method_calls: Option<bool>,
+    method_returns: Option<bool>,
+    errors: Option<bool>,
+    include: Option<Vec<MatchRule>>,
+    exclude: Option<Vec<MatchRule>>,
+    queue_policy: Option<String>,
+    queue_messages: Option<i64>,
+    queue_mb: Option<i64>,
+    reconnect_max_s: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    enabled: Option<bool>,
+    address: Option<String>,
+    signal_rate: Option<i64>,
+    submit_group: Option<String>,
+    read_group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +335,9 @@ pub struct Overrides {
     pub max_wait_ms: Option<i64>,
     pub metrics_listen: Option<String>,
     pub no_metrics: bool,
+    pub bus: Option<String>,
+    pub no_bus: bool,
+    pub no_service: bool,
 }
 
 /// A value with where it came from, for error messages.
@@ -313,6 +490,8 @@ impl Config {
                 allowed: "an IP address and port, such as 127.0.0.1:9464".into(),
             })?;
         }
+        c.bus = bus_config(&fc.bus, &env, flags, &file_origin, &pick_int)?;
+        c.service = service_config(&fc.service, &env, flags, &file_origin, &pick_int)?;
         Ok(c)
     }
 
@@ -332,6 +511,154 @@ impl Config {
             faults: Default::default(),
         }
     }
+}
+
+type PickInt<'a> = dyn Fn(&'static str, Option<i64>, &'static str, Option<i64>) -> Result<Option<Src<i64>>, ConfigError> + 'a;
+
+/// A string from flag, env or file, with its origin.
+fn pick_str(flag: Option<&String>, env: Option<(String, &str)>, file: Option<&String>, file_origin: &str) -> Option<Src<String>> {
+    if let Some(v) = flag {
+        return Some(Src { value: v.clone(), origin: "command line".into() });
+    }
+    if let Some((v, name)) = env {
+        return Some(Src { value: v, origin: format!("environment {name}") });
+    }
+    file.map(|v| Src { value: v.clone(), origin: file_origin.to_string() })
+}
+
+fn bus_address(key: &'static str, v: Src<String>) -> Result<BusAddress, ConfigError> {
+    BusAddress::parse(&v.value).ok_or(ConfigError::Invalid {
+        key,
+        value: v.value,
+        origin: v.origin,
+        allowed: BusAddress::ALLOWED.into(),
+    })
+}
+
+fn check_rules(key: &'static str, rules: &[MatchRule], origin: &str) -> Result<(), ConfigError> {
+    for r in rules {
+        if let Some(k) = &r.kind {
+            if !matches!(k.as_str(), "signal" | "method_call" | "method_return" | "error") {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: k.clone(),
+                    origin: origin.to_string(),
+                    allowed: "type = signal, method_call, method_return or error".into(),
+                });
+            }
+        }
+        if *r == MatchRule::default() {
+            return Err(ConfigError::Invalid {
+                key,
+                value: "{}".into(),
+                origin: origin.to_string(),
+                allowed: "a rule naming at least one of type, interface, member, path, path_namespace, sender".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn bus_config(
+    f: &BusSection,
+    env: &impl Fn(&str) -> Option<String>,
+    flags: &Overrides,
+    file_origin: &str,
+    pick_int: &PickInt<'_>,
+) -> Result<BusConfig, ConfigError> {
+    let mut b = BusConfig::default();
+    if let Some(e) = f.enabled {
+        b.enabled = e;
+    }
+    if flags.no_bus {
+        b.enabled = false;
+    }
+    if let Some(v) = pick_str(flags.bus.as_ref(), env("OP_DBUS_BUS").map(|v| (v, "OP_DBUS_BUS")), f.address.as_ref(), file_origin) {
+        b.address = bus_address("bus.address", v)?;
+    }
+    b.signals = f.signals.unwrap_or(b.signals);
+    b.method_calls = f.method_calls.unwrap_or(b.method_calls);
+    b.method_returns = f.method_returns.unwrap_or(b.method_returns);
+    b.errors = f.errors.unwrap_or(b.errors);
+    if let Some(r) = &f.include {
+        check_rules("bus.include", r, file_origin)?;
+        b.include = r.clone();
+    }
+    if let Some(r) = &f.exclude {
+        check_rules("bus.exclude", r, file_origin)?;
+        b.exclude = r.clone();
+    }
+    if let Some(v) = pick_str(
+        None,
+        env("OP_DBUS_QUEUE_POLICY").map(|v| (v, "OP_DBUS_QUEUE_POLICY")),
+        f.queue_policy.as_ref(),
+        file_origin,
+    ) {
+        b.queue_policy = QueuePolicy::parse(&v.value).ok_or(ConfigError::Invalid {
+            key: "bus.queue_policy",
+            value: v.value,
+            origin: v.origin,
+            allowed: QueuePolicy::ALLOWED.into(),
+        })?;
+    }
+    if let Some(v) = pick_int("bus.queue_messages", None, "OP_DBUS_QUEUE_MESSAGES", f.queue_messages)? {
+        b.queue_messages = int_in("bus.queue_messages", v, 16, 16 << 20)? as usize;
+    }
+    if let Some(v) = pick_int("bus.queue_mb", None, "OP_DBUS_QUEUE_MB", f.queue_mb)? {
+        b.queue_bytes = (int_in("bus.queue_mb", v, 1, 4096)? as usize) << 20;
+    }
+    if let Some(v) = pick_int("bus.reconnect_max_s", None, "OP_DBUS_RECONNECT_MAX_S", f.reconnect_max_s)? {
+        b.reconnect_max = Duration::from_secs(int_in("bus.reconnect_max_s", v, 1, 3600)? as u64);
+    }
+    Ok(b)
+}
+
+fn service_config(
+    f: &ServiceSection,
+    env: &impl Fn(&str) -> Option<String>,
+    flags: &Overrides,
+    file_origin: &str,
+    pick_int: &PickInt<'_>,
+) -> Result<ServiceConfig, ConfigError> {
+    let mut s = ServiceConfig::default();
+    if let Some(e) = f.enabled {
+        s.enabled = e;
+    }
+    if flags.no_service {
+        s.enabled = false;
+    }
+    if let Some(v) = pick_str(
+        None,
+        env("OP_DBUS_SERVICE_BUS").map(|v| (v, "OP_DBUS_SERVICE_BUS")),
+        f.address.as_ref().filter(|a| !a.is_empty()),
+        file_origin,
+    ) {
+        s.address = Some(bus_address("service.address", v)?);
+    }
+    if let Some(v) = pick_int("service.signal_rate", None, "OP_DBUS_SIGNAL_RATE", f.signal_rate)? {
+        s.signal_rate = int_in("service.signal_rate", v, 1, 1000)? as u32;
+    }
+    for (key, val, slot) in [
+        ("service.submit_group", &f.submit_group, &mut s.submit_group),
+        ("service.read_group", &f.read_group, &mut s.read_group),
+    ] {
+        if let Some(g) = val {
+            let ok = !g.is_empty()
+                && g.len() <= 32
+                && g.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+                && !g.starts_with('-');
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: g.clone(),
+                    origin: file_origin.to_string(),
+                    allowed: "a group name: letters, digits, _ and -".into(),
+                });
+            }
+            *slot = g.clone();
+        }
+    }
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -381,5 +708,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("metrics.listen") && e.contains("command line"), "{e}");
+    }
+
+    #[test]
+    fn bus_and_service_settings() {
+        let toml = "[bus]\naddress = \"unix:path=/tmp/x\"\nqueue_policy = \"block\"\n[[bus.exclude]]\ninterface = \"a.b\"\n";
+        let c = load(Some(toml), &[], Overrides::default()).unwrap();
+        assert_eq!(c.bus.address, BusAddress::Address("unix:path=/tmp/x".into()));
+        assert_eq!(c.bus.queue_policy, QueuePolicy::Block);
+        assert_eq!(c.bus.exclude[0].interface.as_deref(), Some("a.b"));
+        let c = load(Some(toml), &[("OP_DBUS_BUS", "session")], Overrides { bus: Some("system".into()), ..Default::default() })
+            .unwrap();
+        assert_eq!(c.bus.address, BusAddress::System);
+        let e = load(None, &[("OP_DBUS_BUS", "nowhere")], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("bus.address") && e.contains("nowhere") && e.contains("OP_DBUS_BUS"), "{e}");
+        let e = load(None, &[("OP_DBUS_QUEUE_POLICY", "maybe")], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("bus.queue_policy") && e.contains("block, drop"), "{e}");
+        let e = load(Some("[[bus.include]]\ntype = \"sig\"\n"), &[], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("bus.include") && e.contains("method_call"), "{e}");
+        let e = load(Some("[service]\nsubmit_group = \"a b\"\n"), &[], Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("service.submit_group"), "{e}");
     }
 }

@@ -78,8 +78,7 @@ pub fn parse_line(bytes: &[u8], limits: Limits, now_ns: i64) -> Result<RawEvent,
     let text = std::str::from_utf8(bytes).map_err(|_| LineError::Utf8)?;
     let line: Line = serde_json::from_str(text).map_err(|e| LineError::Json(json_error(e)))?;
     let value = line.data.ok_or(LineError::MissingData)?;
-    check_name("plugin_id", &line.plugin_id)?;
-    check_name("operation", &line.operation)?;
+    check_event(&line.plugin_id, &line.operation, &value, limits)?;
     for (field, v) in [("path", &line.path), ("sender", &line.sender)] {
         if v.as_ref().is_some_and(|s| s.len() > MAX_FIELD_BYTES) {
             return Err(LineError::TooLongField { field });
@@ -94,13 +93,6 @@ pub fn parse_line(bytes: &[u8], limits: Limits, now_ns: i64) -> Result<RawEvent,
             .ok_or_else(|| LineError::BadTimestamp(format!("{s:?}")))?,
         Some(other) => return Err(LineError::BadTimestamp(other.to_string())),
     };
-    if value.depth() > limits.max_depth {
-        return Err(DataError::TooDeep { max: limits.max_depth }.into());
-    }
-    let size = encoded_len(&value);
-    if size > limits.max_data_bytes {
-        return Err(DataError::TooLarge { size, max: limits.max_data_bytes }.into());
-    }
     Ok(RawEvent {
         source: Source::Import,
         plugin_id: line.plugin_id,
@@ -112,6 +104,22 @@ pub fn parse_line(bytes: &[u8], limits: Limits, now_ns: i64) -> Result<RawEvent,
         signature: String::new(),
         data: value,
     })
+}
+
+/// The checks every submitted event passes, from a file or over D-Bus:
+/// names present, short and without control characters; data within the
+/// depth and size caps.
+pub fn check_event(plugin_id: &str, operation: &str, value: &Value, limits: Limits) -> Result<(), LineError> {
+    check_name("plugin_id", plugin_id)?;
+    check_name("operation", operation)?;
+    if value.depth() > limits.max_depth {
+        return Err(DataError::TooDeep { max: limits.max_depth }.into());
+    }
+    let size = encoded_len(value);
+    if size > limits.max_data_bytes {
+        return Err(DataError::TooLarge { size, max: limits.max_data_bytes }.into());
+    }
+    Ok(())
 }
 
 /// serde_json stops at 128 levels with "recursion limit exceeded"; say it

@@ -3,6 +3,7 @@
 //! chain's on-disk format.
 
 pub mod actors;
+pub mod bus;
 pub mod chain;
 pub mod cli;
 pub mod codec;

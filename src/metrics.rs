@@ -24,6 +24,18 @@ pub const INDEX_DURATION: &str = "op_dbus_index_batch_duration_seconds";
 pub const ACTOR_RESTARTS: &str = "op_dbus_actor_restarts_total";
 pub const VECTOR_FALLBACK: &str = "op_dbus_vector_fallback_active";
 pub const TRUNCATED: &str = "op_dbus_footprint_truncated_total";
+pub const BUS_RECEIVED: &str = "op_dbus_bus_received_messages_total";
+pub const BUS_RECORDED: &str = "op_dbus_bus_recorded_messages_total";
+pub const BUS_FILTERED: &str = "op_dbus_bus_filtered_messages_total";
+pub const BUS_DROPPED: &str = "op_dbus_bus_dropped_messages_total";
+pub const BUS_GAPS: &str = "op_dbus_bus_gaps_total";
+pub const BUS_UNDECODABLE: &str = "op_dbus_bus_undecodable_messages_total";
+pub const BUS_CONNECTED: &str = "op_dbus_bus_connected";
+pub const BUS_RECONNECTS: &str = "op_dbus_bus_reconnects_total";
+pub const CAPTURE_DEPTH: &str = "op_dbus_capture_queue_depth_messages";
+pub const CAPTURE_BYTES: &str = "op_dbus_capture_queue_depth_bytes";
+pub const FEED_SIGNALS: &str = "op_dbus_feed_signals_total";
+pub const SERVICE_CALLS: &str = "op_dbus_service_calls_total";
 
 pub fn describe() {
     describe_counter!(STAGE_RECEIVED, Unit::Count, "events taken from a stage's inbox");
@@ -50,6 +62,18 @@ pub fn describe() {
         "1 when the configured vector level could not load and heuristic vectors are used"
     );
     describe_counter!(TRUNCATED, Unit::Count, "footprints whose data was above the size cap and stored truncated");
+    describe_counter!(BUS_RECEIVED, Unit::Count, "messages read from the monitor connection");
+    describe_counter!(BUS_RECORDED, Unit::Count, "bus messages handed to the pipeline as footprints");
+    describe_counter!(BUS_FILTERED, Unit::Count, "bus messages skipped by the filter rules or as op-dbus's own traffic");
+    describe_counter!(BUS_DROPPED, Unit::Count, "bus messages dropped because the capture queue was full (each run is a gap record)");
+    describe_counter!(BUS_GAPS, Unit::Count, "gap records written (queue overflow or bus outage)");
+    describe_counter!(BUS_UNDECODABLE, Unit::Count, "bus messages whose body could not be decoded (stored raw)");
+    describe_gauge!(BUS_CONNECTED, Unit::Count, "1 while the monitor connection is up");
+    describe_counter!(BUS_RECONNECTS, Unit::Count, "monitor reconnections after the bus went away");
+    describe_gauge!(CAPTURE_DEPTH, Unit::Count, "messages waiting in the capture queue");
+    describe_gauge!(CAPTURE_BYTES, Unit::Bytes, "bytes of messages waiting in the capture queue");
+    describe_counter!(FEED_SIGNALS, Unit::Count, "BlocksAppended signals emitted");
+    describe_counter!(SERVICE_CALLS, Unit::Count, "org.opdbus.Chain1 method calls, by method and outcome");
 }
 
 /// Installs the global recorder. Histograms are exported as summaries with

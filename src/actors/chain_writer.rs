@@ -197,7 +197,7 @@ impl ChainWriter {
     fn acknowledge(&mut self, appended: Vec<Appended>) {
         let Some(last) = appended.last() else { return };
         let head = self.store.head();
-        self.health.chain_height.store(head.next_seq, Ordering::Release);
+        self.health.set_head(&head);
         metrics::gauge!(m::CHAIN_HEIGHT).set(head.next_seq as f64);
         metrics::counter!(m::STAGE_SENT, "stage" => Self::NAME).increment(appended.len() as u64);
         let mut next = appended[0].seq;

@@ -10,6 +10,7 @@
 
 pub mod cache_indexer;
 pub mod chain_writer;
+pub mod dbus_ingest;
 pub mod edge;
 pub mod embedder;
 pub mod footprinter;

@@ -22,7 +22,17 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use tokio::sync::oneshot;
 
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
 use super::cache_indexer::{self, CacheIndexer};
+use super::dbus_ingest::DbusIngest;
+use crate::bus::capture::{open_monitor, run_capture, CaptureConfig, CaptureQueue};
+use crate::bus::rules::Filter;
+use crate::bus::service::{open_service, run_service, ServiceParts};
+use crate::bus::OwnNames;
+use crate::config::{BusConfig, ServiceConfig};
 use super::chain_writer::{self, ChainWriter};
 use super::edge::{edge, Outbox};
 use super::embedder::{self, Embedder};
@@ -32,8 +42,8 @@ use crate::config::VectorLevel;
 use crate::index::Index;
 use crate::messages::{Committed, PipelineError, RawEvent, RawEventBatch};
 
-/// Progress shared with the health endpoint and `status`.
-#[derive(Debug, Default)]
+/// Progress shared with the health endpoint, `status` and the D-Bus feed.
+#[derive(Debug)]
 pub struct Health {
     /// Durable blocks (the next seq to assign).
     pub chain_height: AtomicU64,
@@ -41,6 +51,30 @@ pub struct Health {
     pub index_height: AtomicU64,
     /// The last commit failed and the writer is retrying.
     pub writer_failing: AtomicBool,
+    /// The last durable block (seq, hash); `None` for an empty chain. A
+    /// watch: the feed waits on it, and a slow reader only ever misses
+    /// intermediate values, never holds the writer.
+    pub head: tokio::sync::watch::Sender<Option<(u64, crate::codec::Hash)>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            chain_height: AtomicU64::new(0),
+            index_height: AtomicU64::new(0),
+            writer_failing: AtomicBool::new(false),
+            head: tokio::sync::watch::channel(None).0,
+        }
+    }
+}
+
+impl Health {
+    /// Publishes a new durable head.
+    pub fn set_head(&self, head: &crate::chain::Head) {
+        self.chain_height.store(head.next_seq, std::sync::atomic::Ordering::Release);
+        let last = head.next_seq.checked_sub(1).map(|seq| (seq, head.hash));
+        self.head.send_replace(last);
+    }
 }
 
 /// Failures to inject, for the supervision tests. Empty in production.
@@ -87,7 +121,93 @@ pub struct Pipeline {
     pub health: Arc<Health>,
     /// What opening the chain had to repair.
     pub recovery: Recovery,
+    /// The index the CacheIndexer writes, for readers in this process (an
+    /// LMDB environment is opened once per process).
+    pub index: Index,
+    layout: Layout,
+    bus: Option<BusParts>,
     _lock: Locks,
+}
+
+/// The live parts attached by [`attach_bus`]: stopped first at shutdown.
+struct BusParts {
+    capture_stop: Option<Arc<Notify>>,
+    service_stop: Option<Arc<Notify>>,
+    service_source: Arc<Mutex<Option<Outbox<RawEventBatch>>>>,
+    _ingest: Option<Addr<DbusIngest>>,
+    arbiters: Vec<Arbiter>,
+}
+
+/// Attaches the bus: the capture task (its own thread) feeding DbusIngest
+/// (its own thread) feeding the pipeline's source, and the `org.opdbus`
+/// service on the calling runtime. Fails, with what to do, if the bus is
+/// missing, BecomeMonitor is denied, or the name is taken.
+pub async fn attach_bus(
+    p: &mut Pipeline,
+    bus: &BusConfig,
+    service: &ServiceConfig,
+    limits: crate::import::Limits,
+) -> anyhow::Result<()> {
+    let own = OwnNames::default();
+    let mut parts = BusParts {
+        capture_stop: None,
+        service_stop: None,
+        service_source: Arc::new(Mutex::new(Some(p.source()))),
+        _ingest: None,
+        arbiters: Vec::new(),
+    };
+    if bus.enabled {
+        let filter = Filter::new(bus);
+        let queue = Arc::new(CaptureQueue::new(bus.queue_messages, bus.queue_bytes));
+        let cfg = CaptureConfig {
+            address: bus.address.clone(),
+            rules: filter.monitor_rules(),
+            policy: bus.queue_policy,
+            reconnect_max: bus.reconnect_max,
+        };
+        let stop = Arc::new(Notify::new());
+        let capture = Arbiter::new();
+        let (opened_tx, opened) = oneshot::channel();
+        {
+            let (queue, own, stop) = (queue.clone(), own.clone(), stop.clone());
+            capture.spawn(async move {
+                match open_monitor(&cfg.address, &cfg.rules, &own).await {
+                    Ok(first) => {
+                        let _ = opened_tx.send(Ok(()));
+                        run_capture(cfg, first, queue, own, stop).await;
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                    }
+                }
+            });
+        }
+        opened.await.context("the capture thread stopped")??;
+        let ingest_arbiter = Arbiter::new();
+        let (source, label, own) = (p.source(), bus.address.to_string(), own.clone());
+        let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
+            DbusIngest::new(queue, source, filter, own, label)
+        });
+        parts.capture_stop = Some(stop);
+        parts._ingest = Some(ingest);
+        parts.arbiters = vec![capture, ingest_arbiter];
+    }
+    if service.enabled {
+        let addr = service.address.clone().unwrap_or_else(|| bus.address.clone());
+        let sp = ServiceParts {
+            layout: p.layout.clone(),
+            index: p.index.clone(),
+            health: p.health.clone(),
+            source: parts.service_source.clone(),
+            limits,
+        };
+        let conn = open_service(&addr, sp.clone(), &own).await?;
+        let stop = Arc::new(Notify::new());
+        actix_rt::spawn(run_service(addr, conn, sp, service.signal_rate, bus.reconnect_max, own, stop.clone()));
+        parts.service_stop = Some(stop);
+    }
+    p.bus = Some(parts);
+    Ok(())
 }
 
 /// The writer's locks: the state dir's, and the cache dir's when it lives
@@ -132,6 +252,7 @@ fn lock_dir(dir: &std::path::Path) -> anyhow::Result<File> {
 pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let lock = lock_state_dir(&cfg.layout)?;
     let index = Index::open_or_reset(&cfg.layout.cache).context("cannot open the index")?;
+    let index_reader = index.clone();
     // The index is the witness of how far the chain reached.
     let witness = index.head().ok().flatten().map(|h| h.seq + 1);
     let (mut store, recovery) = ChainStore::open_with_witness(&cfg.layout, cfg.segment_max_bytes, witness)
@@ -142,7 +263,7 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let health = Arc::new(Health::default());
     // Published before any actor starts: the indexer's start-up catch-up
     // reads up to this height, and it may run before the writer exists.
-    health.chain_height.store(store.head().next_seq, std::sync::atomic::Ordering::Release);
+    health.set_head(&store.head());
 
     // Sink first.
     let (index_tx, index_rx) = edge("chain_writer->cache_indexer", cache_indexer::INBOX_CAPACITY);
@@ -189,6 +310,9 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
         arbiters,
         health,
         recovery,
+        index: index_reader,
+        bus: None,
+        layout: cfg.layout.clone(),
         _lock: lock,
     })
 }
@@ -216,6 +340,14 @@ impl Pipeline {
     /// record to be durable (an error if not) and then for the index to
     /// catch up (a warning if not: it is derived, the next start finishes).
     pub async fn shutdown(mut self, deadline: Duration) -> anyhow::Result<()> {
+        // Sources first: no new submissions, the capture stops reading and
+        // DbusIngest drains its queue, then lets go of its outbox.
+        if let Some(bus) = &self.bus {
+            bus.service_source.lock().expect("source lock").take();
+            for stop in [&bus.service_stop, &bus.capture_stop].into_iter().flatten() {
+                stop.notify_one();
+            }
+        }
         self.source = None;
         let end = tokio::time::Instant::now() + deadline;
         let durable = tokio::time::timeout_at(end, &mut self.writer_done).await;
@@ -225,7 +357,8 @@ impl Pipeline {
         };
         // Stop and join the stages' threads so that everything they own
         // (the chain file, the LMDB environment) is closed when this returns.
-        for a in self.arbiters.drain(..) {
+        let bus_arbiters = self.bus.take().map(|b| b.arbiters).unwrap_or_default();
+        for a in bus_arbiters.into_iter().chain(self.arbiters.drain(..)) {
             a.stop();
             let _ = a.join();
         }

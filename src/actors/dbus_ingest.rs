@@ -1,0 +1,348 @@
+//! DbusIngest: consumes what the capture task queued (bus messages, gaps,
+//! reconnections; see [`crate::bus::capture`]), emits [`RawEventBatch`]es
+//! to the Footprinter. Owns the mapping from a D-Bus message to an event:
+//! which messages are op-dbus's own (never recorded), the filter rules,
+//! the plugin id (the sender's well-known name, tracked from
+//! `NameOwnerChanged` in bus order), the sender's credentials (looked up
+//! once per unique name), and the body decoded with its signature kept.
+//! Gaps become `internal` records (`org.opdbus.Gap`).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::count_restart;
+use super::edge::Outbox;
+use crate::bus::capture::{CaptureQueue, Captured, Gap};
+use crate::bus::names::{unit_of_pid, Names};
+use crate::bus::rules::{Filter, Kind, Meta};
+use crate::bus::wire::{header_signature, BodyDecoder};
+use crate::bus::{OwnNames, SERVICE_NAME};
+use crate::codec::{Credentials, Source, Value};
+use crate::messages::{RawEvent, RawEventBatch};
+use crate::metrics as m;
+
+/// Items taken from the capture queue per round.
+const TAKE: usize = 1024;
+/// A batch is handed on at this many events or bytes of bodies.
+const BATCH_EVENTS: usize = 512;
+const BATCH_BYTES: usize = 4 << 20;
+/// Nesting accepted in a body. dbus-daemon forwards up to 64 nested
+/// variants inside 32 arrays and 32 structs; each level counts once here.
+const MAX_DEPTH: usize = 160;
+/// How long a credentials lookup may take before the event goes without.
+const CREDS_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub const NAME: &str = "dbus_ingest";
+
+pub struct DbusIngest {
+    queue: Arc<CaptureQueue>,
+    out: Option<Outbox<RawEventBatch>>,
+    filter: Filter,
+    own: OwnNames,
+    names: Names,
+    resolver: Option<zbus::Connection>,
+    decoder: BodyDecoder,
+    bus: String,
+    finished: bool,
+}
+
+impl DbusIngest {
+    pub fn new(
+        queue: Arc<CaptureQueue>,
+        out: Outbox<RawEventBatch>,
+        filter: Filter,
+        own: OwnNames,
+        bus: String,
+    ) -> Self {
+        DbusIngest {
+            queue,
+            out: Some(out),
+            filter,
+            own,
+            names: Names::new(),
+            resolver: None,
+            decoder: BodyDecoder::new(),
+            bus,
+            finished: false,
+        }
+    }
+}
+
+impl Actor for DbusIngest {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        next_round(self, ctx);
+    }
+}
+
+impl Supervised for DbusIngest {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        count_restart(NAME);
+    }
+}
+
+type Round = std::pin::Pin<Box<dyn ActorFuture<DbusIngest, Output = ()>>>;
+
+/// One round: take what is queued, map it, look up missing credentials,
+/// hand the events on (waiting for room), and go again. The queue closing
+/// ends the stage and drops its outbox, which lets the pipeline drain.
+fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
+    let queue = act.queue.clone();
+    let fut = async move { queue.pop_many(TAKE).await }.into_actor(act).then(|items, act, ctx| {
+        if items.is_empty() {
+            // The capture ended and everything it queued is handed on. Let
+            // go of the outbox so the pipeline drains; the actor idles until
+            // its thread stops (stopping it would make the supervisor restart it).
+            act.out = None;
+            act.finished = true;
+            return Box::pin(actix::fut::ready(())) as Round;
+        }
+        let n = items.len();
+        let pending = match std::panic::catch_unwind(AssertUnwindSafe(|| act.map_items(items))) {
+            Ok(p) => p,
+            Err(_) => {
+                // A bug, not the message's fault: what was taken is lost, so
+                // it is recorded as a gap rather than disappearing.
+                tracing::error!(items = n, "dbus_ingest panicked while mapping; recording a gap");
+                let now = crate::codec::now_ns();
+                vec![gap_event(&Gap {
+                    reason: crate::bus::capture::GapReason::IngestFailed,
+                    dropped: Some(n as u64),
+                    first_ns: now,
+                    last_ns: now,
+                }, &act.bus)]
+            }
+        };
+        let lookups = act.missing_creds(&pending);
+        let resolver = act.resolver.clone();
+        let work = async move { (lookup_creds(resolver, lookups).await, pending) }.into_actor(act).then(
+            |(found, mut pending), act, _| {
+                for (sender, creds) in found {
+                    act.names.set_creds(&sender, creds);
+                }
+                for e in &mut pending {
+                    if let Some(s) = &e.sender {
+                        e.creds = act.names.creds(s).cloned();
+                    }
+                }
+                let out = act.out.clone();
+                async move {
+                    if let Some(out) = out {
+                        send_batches(&out, pending).await;
+                    }
+                }
+                .into_actor(act)
+            },
+        );
+        Box::pin(work) as Round
+    });
+    ctx.spawn(fut.map(|(), act, ctx| {
+        if ctx.state() == ActorState::Running && !act.finished {
+            next_round(act, ctx);
+        }
+    }));
+}
+
+impl DbusIngest {
+    /// Applies control items and name changes in order; returns the events
+    /// to record (credentials filled in later).
+    fn map_items(&mut self, items: Vec<Captured>) -> Vec<RawEvent> {
+        let own = self.own.snapshot();
+        let mut out = Vec::with_capacity(items.len());
+        let (mut filtered, mut recorded) = (0u64, 0u64);
+        for item in items {
+            match item {
+                Captured::Connected { names, resolver } => {
+                    self.names = *names;
+                    self.resolver = Some(resolver);
+                }
+                Captured::Gap(g) => out.push(gap_event(&g, &self.bus)),
+                Captured::Message { msg, captured_ns } => match self.map_message(&msg, captured_ns, &own) {
+                    Some(e) => {
+                        recorded += 1;
+                        out.push(e)
+                    }
+                    None => filtered += 1,
+                },
+            }
+        }
+        metrics::counter!(m::BUS_RECORDED).increment(recorded);
+        metrics::counter!(m::BUS_FILTERED).increment(filtered);
+        out
+    }
+
+    fn map_message(&mut self, msg: &zbus::Message, captured_ns: i64, own: &[String]) -> Option<RawEvent> {
+        let h = msg.header();
+        let kind = match h.message_type() {
+            zbus::message::Type::MethodCall => Kind::MethodCall,
+            zbus::message::Type::MethodReturn => Kind::MethodReturn,
+            zbus::message::Type::Error => Kind::Error,
+            zbus::message::Type::Signal => Kind::Signal,
+        };
+        let sender = h.sender().map(|s| s.as_str());
+        let interface = h.interface().map(|s| s.as_str());
+        let member = h.member().map(|s| s.as_str());
+        let bytes = msg.data().bytes();
+        let (big_endian, signature) = header_signature(bytes).unwrap_or((false, ""));
+        let body = msg.body();
+        let body_bytes: &[u8] = body.data();
+
+        // Names first, for every NameOwnerChanged, recorded or not.
+        if kind == Kind::Signal
+            && sender == Some("org.freedesktop.DBus")
+            && interface == Some("org.freedesktop.DBus")
+            && member == Some("NameOwnerChanged")
+            && signature == "sss"
+        {
+            if let Ok(Value::Array(a)) = self.decoder.decode(body_bytes, "sss", big_endian, 4) {
+                if let [Value::Str(n), Value::Str(old), Value::Str(new)] = a.as_slice() {
+                    self.names.owner_changed(n, old, new);
+                }
+            }
+        }
+
+        // op-dbus's own traffic: from or to its connections, or to its name.
+        let dest = h.destination().map(|d| d.as_str());
+        let is_own = |n: Option<&str>| n.is_some_and(|n| n == SERVICE_NAME || own.iter().any(|o| o == n));
+        if is_own(sender) || is_own(dest) {
+            return None;
+        }
+
+        let path = h.path().map(|p| p.as_str());
+        let names = sender.map(|s| self.names.names_of(s)).unwrap_or(&[]);
+        if !self.filter.accepts(&Meta { kind, interface, member, path, sender }, names) {
+            return None;
+        }
+        let error_name = h.error_name().map(|e| e.as_str());
+        let plugin_id = names
+            .first()
+            .map(String::as_str)
+            .or(interface)
+            .or(error_name)
+            .unwrap_or("dbus")
+            .to_string();
+        let operation = match kind {
+            Kind::Signal | Kind::MethodCall => match (interface, member) {
+                (Some(i), Some(m)) => format!("{i}.{m}"),
+                (None, Some(m)) => m.to_string(),
+                _ => kind.as_str().to_string(),
+            },
+            Kind::MethodReturn => "method_return".to_string(),
+            Kind::Error => error_name.unwrap_or("error").to_string(),
+        };
+        let data = match self.decoder.decode(body_bytes, signature, big_endian, MAX_DEPTH) {
+            Ok(v) => v,
+            Err(e) => {
+                // Kept, not skipped: the raw body and why it did not decode.
+                metrics::counter!(m::BUS_UNDECODABLE).increment(1);
+                tracing::debug!(error = %e, signature, "undecodable body; storing it raw");
+                Value::map(vec![
+                    (Value::Str("undecodable".into()), Value::Bin(body_bytes.to_vec())),
+                    (Value::Str("error".into()), Value::Str(e.to_string())),
+                ])
+            }
+        };
+        Some(RawEvent {
+            source: Source::Dbus,
+            plugin_id,
+            operation,
+            path: path.map(str::to_string),
+            sender: sender.map(str::to_string),
+            creds: None,
+            captured_ns,
+            signature: signature.to_string(),
+            data,
+        })
+    }
+
+    /// Senders (unique names) whose credentials are not cached yet.
+    fn missing_creds(&self, events: &[RawEvent]) -> Vec<String> {
+        let mut v: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.sender.as_deref())
+            .filter(|s| s.starts_with(':') && !self.names.has_creds(s))
+            .map(str::to_string)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// Asks the bus for each sender's uid and pid (concurrently, bounded in
+/// time); a sender that has already left gets empty credentials, cached
+/// like any other so it is not asked again.
+async fn lookup_creds(resolver: Option<zbus::Connection>, senders: Vec<String>) -> Vec<(String, Credentials)> {
+    let Some(conn) = resolver else { return Vec::new() };
+    if senders.is_empty() {
+        return Vec::new();
+    }
+    let Ok(proxy) = zbus::fdo::DBusProxy::new(&conn).await else { return Vec::new() };
+    let proxy = &proxy;
+    let lookups = senders.into_iter().map(|s| async move {
+        let name = zbus::names::BusName::try_from(s.as_str()).ok();
+        let found = match name {
+            Some(n) => tokio::time::timeout(CREDS_TIMEOUT, proxy.get_connection_credentials(n)).await.ok().and_then(Result::ok),
+            None => None,
+        };
+        let creds = match found {
+            Some(c) => {
+                let pid = c.process_id();
+                Credentials { uid: c.unix_user_id(), pid, unit: pid.and_then(unit_of_pid) }
+            }
+            None => Credentials { uid: None, pid: None, unit: None },
+        };
+        (s, creds)
+    });
+    futures_util::future::join_all(lookups).await
+}
+
+async fn send_batches(out: &Outbox<RawEventBatch>, events: Vec<RawEvent>) {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let total = events.len() as u64;
+    for e in events {
+        bytes += crate::import::encoded_len(&e.data);
+        batch.push(e);
+        if batch.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES {
+            if out.send(RawEventBatch { events: std::mem::take(&mut batch), ack: None }).await.is_err() {
+                tracing::error!("the pipeline is gone; bus events are lost");
+                return;
+            }
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() && out.send(RawEventBatch { events: batch, ack: None }).await.is_err() {
+        tracing::error!("the pipeline is gone; bus events are lost");
+        return;
+    }
+    metrics::counter!(m::STAGE_SENT, "stage" => NAME).increment(total);
+}
+
+/// A gap as a chain record: `internal`, plugin `org.opdbus`, operation
+/// `org.opdbus.Gap`, data `{reason, dropped, first_ns, last_ns, bus}`
+/// (`dropped` nil when unknown).
+pub fn gap_event(g: &Gap, bus: &str) -> RawEvent {
+    let s = |x: &str| Value::Str(x.to_string());
+    RawEvent {
+        source: Source::Internal,
+        plugin_id: SERVICE_NAME.to_string(),
+        operation: "org.opdbus.Gap".to_string(),
+        path: None,
+        sender: None,
+        creds: None,
+        captured_ns: g.last_ns,
+        signature: String::new(),
+        data: Value::map(vec![
+            (s("reason"), s(g.reason.as_str())),
+            (s("dropped"), g.dropped.map(Value::UInt).unwrap_or(Value::Nil)),
+            (s("first_ns"), Value::int(g.first_ns)),
+            (s("last_ns"), Value::int(g.last_ns)),
+            (s("bus"), s(bus)),
+        ]),
+    }
+}

@@ -1,0 +1,439 @@
+//! The monitor connection and the capture queue.
+//!
+//! zbus delivers messages to a `MessageStream` through a small channel; a
+//! stream that is not polled stalls the whole connection, and dbus-daemon
+//! then buffers the backlog in its own memory without limit. So the
+//! capture task does nothing but poll the stream, stamp each message with
+//! its capture time and put it in the [`CaptureQueue`], which is bounded in
+//! messages and bytes. When the queue is full, the policy decides:
+//! `block` stops polling (the bus buffers), `drop` keeps polling and counts
+//! what it could not queue; the run of dropped messages becomes one gap
+//! record, queued ahead of the next message that fits, so that the chain
+//! says exactly how many were lost and between which capture times.
+//!
+//! A lost connection (bus restart) is retried with backoff, and the outage
+//! is queued as a gap record too. Gap records are not counted against the
+//! bounds: there is at most one per overflow or outage, and they must not be
+//! lost.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+use super::names::Names;
+use super::{connect, BusError, OwnNames};
+use crate::codec::now_ns;
+use crate::config::{BusAddress, QueuePolicy};
+use crate::metrics as m;
+
+/// Why there is a gap in the record of the bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// The capture queue was full under the `drop` policy.
+    QueueFull,
+    /// The bus connection was lost (bus restart); what happened on the
+    /// bus meanwhile is unknown.
+    Disconnected,
+    /// DbusIngest failed on what it had taken (a bug); counted, not lost silently.
+    IngestFailed,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::QueueFull => "queue-full",
+            GapReason::Disconnected => "bus-disconnected",
+            GapReason::IngestFailed => "ingest-failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub reason: GapReason,
+    /// Messages lost; `None` when unknown (an outage).
+    pub dropped: Option<u64>,
+    /// Capture time of the first lost message, or when the outage began.
+    pub first_ns: i64,
+    /// Capture time of the last lost message, or when the bus was back.
+    pub last_ns: i64,
+}
+
+/// What the capture task hands DbusIngest, in bus order.
+pub enum Captured {
+    Message { msg: zbus::Message, captured_ns: i64 },
+    Gap(Gap),
+    /// A (re)connection: the names owned at that moment, and the ordinary
+    /// connection to look up senders' credentials with.
+    Connected { names: Box<Names>, resolver: zbus::Connection },
+}
+
+struct State {
+    /// Each item with its size, or `None` for control items (not bounded).
+    items: VecDeque<(Captured, Option<usize>)>,
+    messages: usize,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A queue bounded in messages and bytes, with one producer (the capture
+/// task) and one consumer (DbusIngest).
+pub struct CaptureQueue {
+    state: Mutex<State>,
+    not_empty: Notify,
+    not_full: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl CaptureQueue {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        CaptureQueue {
+            state: Mutex::new(State { items: VecDeque::new(), messages: 0, bytes: 0, closed: false }),
+            not_empty: Notify::new(),
+            not_full: Notify::new(),
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("capture queue lock")
+    }
+
+    /// Queues a message if it fits. A message larger than the whole byte
+    /// budget fits only into an empty queue, so it is never refused forever.
+    pub fn try_push(&self, item: Captured, size: usize) -> Result<(), Captured> {
+        let mut s = self.lock();
+        let fits = s.messages < self.max_messages && (s.bytes + size <= self.max_bytes || s.messages == 0);
+        if !fits {
+            return Err(item);
+        }
+        s.messages += 1;
+        s.bytes += size;
+        s.items.push_back((item, Some(size)));
+        record_depth(&s);
+        drop(s);
+        self.not_empty.notify_one();
+        Ok(())
+    }
+
+    /// Queues a message, waiting for room.
+    pub async fn push(&self, mut item: Captured, size: usize) {
+        loop {
+            match self.try_push(item, size) {
+                Ok(()) => return,
+                Err(back) => item = back,
+            }
+            self.not_full.notified().await;
+        }
+    }
+
+    /// Queues a control item (gap, connection) regardless of the bounds.
+    pub fn push_control(&self, item: Captured) {
+        let mut s = self.lock();
+        s.items.push_back((item, None));
+        drop(s);
+        self.not_empty.notify_one();
+    }
+
+    /// Waits for at least one item and takes up to `max`; empty once the
+    /// queue is closed and drained.
+    pub async fn pop_many(&self, max: usize) -> Vec<Captured> {
+        loop {
+            {
+                let mut s = self.lock();
+                if !s.items.is_empty() {
+                    let n = max.min(s.items.len());
+                    let mut out = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let (item, size) = s.items.pop_front().expect("n items");
+                        if let Some(size) = size {
+                            s.messages -= 1;
+                            s.bytes -= size;
+                        }
+                        out.push(item);
+                    }
+                    record_depth(&s);
+                    drop(s);
+                    self.not_full.notify_one();
+                    return out;
+                }
+                if s.closed {
+                    return Vec::new();
+                }
+            }
+            self.not_empty.notified().await;
+        }
+    }
+
+    /// No more items will come; the consumer drains what is queued.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.not_empty.notify_one();
+    }
+}
+
+fn record_depth(s: &State) {
+    metrics::gauge!(m::CAPTURE_DEPTH).set(s.messages as f64);
+    metrics::gauge!(m::CAPTURE_BYTES).set(s.bytes as f64);
+}
+
+/// An open monitor: the stream to drain and the connection that keeps it.
+pub struct Monitor {
+    stream: zbus::MessageStream,
+    _conn: zbus::Connection,
+    resolver: zbus::Connection,
+}
+
+/// Connects twice: an ordinary connection, which reads who owns which name
+/// now and later looks up credentials (a monitor may not send), and the
+/// monitor. The names are read before `BecomeMonitor`, so that every
+/// `NameOwnerChanged` after them is in the stream.
+pub async fn open_monitor(addr: &BusAddress, rules: &[String], own: &OwnNames) -> Result<(Monitor, Names), BusError> {
+    let resolver = connect(addr).await?;
+    own.set("resolver", resolver.unique_name().map(|n| n.as_str()));
+    let names = read_names(&resolver).await?;
+    let conn = connect(addr).await?;
+    own.set("monitor", conn.unique_name().map(|n| n.as_str()));
+    // The stream must exist before BecomeMonitor, or the first messages are missed.
+    let stream = zbus::MessageStream::from(&conn);
+    let mut parsed = Vec::with_capacity(rules.len());
+    for r in rules {
+        parsed.push(zbus::MatchRule::try_from(r.as_str()).map_err(BusError::Call)?);
+    }
+    let proxy = zbus::fdo::MonitoringProxy::new(&conn).await.map_err(BusError::Call)?;
+    if let Err(e) = proxy.become_monitor(&parsed, 0).await {
+        return Err(match e {
+            zbus::fdo::Error::AccessDenied(detail) => BusError::MonitorDenied { bus: addr.to_string(), detail },
+            other => BusError::Monitor { bus: addr.to_string(), source: other.into() },
+        });
+    }
+    Ok((Monitor { stream, _conn: conn, resolver }, names))
+}
+
+async fn read_names(conn: &zbus::Connection) -> Result<Names, BusError> {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let mut names = Names::new();
+    for name in dbus.list_names().await.map_err(zbus::Error::from)? {
+        if name.as_str().starts_with(':') || name.as_str() == "org.freedesktop.DBus" {
+            continue;
+        }
+        // A name released since ListNames has no owner: skip it.
+        if let Ok(owner) = dbus.get_name_owner(name.as_ref()).await {
+            names.owner_changed(name.as_str(), "", owner.as_str());
+        }
+    }
+    Ok(names)
+}
+
+/// The capture task's settings.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub address: BusAddress,
+    pub rules: Vec<String>,
+    pub policy: QueuePolicy,
+    pub reconnect_max: Duration,
+}
+
+/// Drains `first` (an already open monitor, so that start-up reports a
+/// bad bus or a denied monitor itself), then reconnects whenever the bus
+/// goes away, until `stop` fires. Closes the queue when it returns.
+pub async fn run_capture(
+    cfg: CaptureConfig,
+    first: (Monitor, Names),
+    queue: std::sync::Arc<CaptureQueue>,
+    own: OwnNames,
+    stop: std::sync::Arc<Notify>,
+) {
+    let mut next = Some(first);
+    let mut outage_since: Option<i64> = None;
+    loop {
+        let (monitor, names) = match next.take() {
+            Some(m) => m,
+            None => match reconnect(&cfg, &own, &stop).await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        queue.push_control(Captured::Connected { names: Box::new(names), resolver: monitor.resolver.clone() });
+        if let Some(since) = outage_since.take() {
+            let back = now_ns();
+            tracing::info!(bus = %cfg.address, "bus connection is back; recording the outage as a gap");
+            metrics::counter!(m::BUS_GAPS).increment(1);
+            queue.push_control(Captured::Gap(Gap {
+                reason: GapReason::Disconnected,
+                dropped: None,
+                first_ns: since,
+                last_ns: back,
+            }));
+        }
+        metrics::gauge!(m::BUS_CONNECTED).set(1.0);
+        let stopped = drain(monitor.stream, &queue, cfg.policy, &stop).await;
+        metrics::gauge!(m::BUS_CONNECTED).set(0.0);
+        if stopped {
+            break;
+        }
+        tracing::warn!(bus = %cfg.address, "lost the bus connection; reconnecting");
+        outage_since = Some(now_ns());
+    }
+    queue.close();
+}
+
+/// Polls the stream until it ends (false) or `stop` fires (true).
+async fn drain(
+    mut stream: zbus::MessageStream,
+    queue: &CaptureQueue,
+    policy: QueuePolicy,
+    stop: &Notify,
+) -> bool {
+    let mut overflow: Option<Gap> = None;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.notified() => {
+                flush_overflow(queue, &mut overflow);
+                return true;
+            }
+            n = stream.next() => n,
+        };
+        let msg = match next {
+            None => {
+                flush_overflow(queue, &mut overflow);
+                return false;
+            }
+            Some(Err(e)) => {
+                // zbus could not parse what the bus sent; nothing to record.
+                tracing::warn!(error = %e, "unreadable message from the bus");
+                metrics::counter!(m::BUS_UNDECODABLE).increment(1);
+                continue;
+            }
+            Some(Ok(msg)) => msg,
+        };
+        metrics::counter!(m::BUS_RECEIVED).increment(1);
+        let captured_ns = now_ns();
+        let size = msg.data().len();
+        let item = Captured::Message { msg, captured_ns };
+        match policy {
+            QueuePolicy::Block => queue.push(item, size).await,
+            QueuePolicy::Drop => {
+                // A pending gap goes in first, once the next message fits.
+                if overflow.is_some() {
+                    match queue.try_push_after(item, size, &mut overflow) {
+                        Ok(()) => {}
+                        Err(()) => count_drop(&mut overflow, captured_ns),
+                    }
+                } else if queue.try_push(item, size).is_err() {
+                    count_drop(&mut overflow, captured_ns);
+                }
+            }
+        }
+    }
+}
+
+fn count_drop(overflow: &mut Option<Gap>, at: i64) {
+    metrics::counter!(m::BUS_DROPPED).increment(1);
+    match overflow {
+        Some(g) => {
+            g.dropped = Some(g.dropped.unwrap_or(0) + 1);
+            g.last_ns = at;
+        }
+        None => {
+            *overflow = Some(Gap { reason: GapReason::QueueFull, dropped: Some(1), first_ns: at, last_ns: at });
+        }
+    }
+}
+
+fn flush_overflow(queue: &CaptureQueue, overflow: &mut Option<Gap>) {
+    if let Some(g) = overflow.take() {
+        tracing::warn!(dropped = g.dropped, "capture queue overflowed; recording a gap");
+        metrics::counter!(m::BUS_GAPS).increment(1);
+        queue.push_control(Captured::Gap(g));
+    }
+}
+
+impl CaptureQueue {
+    /// Queues the pending gap and then the message, if the message fits.
+    fn try_push_after(&self, item: Captured, size: usize, overflow: &mut Option<Gap>) -> Result<(), ()> {
+        {
+            let s = self.lock();
+            let fits = s.messages < self.max_messages && (s.bytes + size <= self.max_bytes || s.messages == 0);
+            if !fits {
+                return Err(());
+            }
+        }
+        // One producer: the room seen above can only have grown.
+        flush_overflow(self, overflow);
+        self.try_push(item, size).map_err(|_| ())
+    }
+}
+
+async fn reconnect(cfg: &CaptureConfig, own: &OwnNames, stop: &Notify) -> Option<(Monitor, Names)> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = stop.notified() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match open_monitor(&cfg.address, &cfg.rules, own).await {
+            Ok(m) => {
+                metrics::counter!(m::BUS_RECONNECTS).increment(1);
+                return Some(m);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, retry_in = ?delay, "bus still unavailable");
+                delay = (delay * 2).min(cfg.reconnect_max);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gap(n: u64) -> Captured {
+        Captured::Gap(Gap { reason: GapReason::QueueFull, dropped: Some(n), first_ns: 0, last_ns: 0 })
+    }
+
+    #[test]
+    fn bounds_messages_and_bytes_but_not_control_items() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let q = CaptureQueue::new(2, 100);
+            // Control items fit regardless; messages are stood in for by gaps
+            // pushed through the bounded path with a size.
+            assert!(q.try_push(gap(1), 60).is_ok());
+            assert!(q.try_push(gap(2), 60).is_err(), "over the byte bound");
+            assert!(q.try_push(gap(3), 40).is_ok());
+            assert!(q.try_push(gap(4), 0).is_err(), "over the message bound");
+            q.push_control(gap(5));
+            let got = q.pop_many(10).await;
+            assert_eq!(got.len(), 3);
+            // Popped messages free their room; an oversized one fits an empty queue.
+            assert!(q.try_push(gap(6), 1000).is_ok());
+            q.close();
+            assert_eq!(q.pop_many(10).await.len(), 1);
+            assert!(q.pop_many(10).await.is_empty());
+        });
+    }
+
+    #[test]
+    fn push_waits_for_room() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let q = std::sync::Arc::new(CaptureQueue::new(1, 100));
+            q.try_push(gap(1), 1).ok().unwrap();
+            let q2 = q.clone();
+            let waiter = tokio::spawn(async move { q2.push(gap(2), 1).await });
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished());
+            assert_eq!(q.pop_many(1).await.len(), 1);
+            waiter.await.unwrap();
+            assert_eq!(q.pop_many(5).await.len(), 1);
+        });
+    }
+}

@@ -1,0 +1,348 @@
+//! The `org.opdbus` service: object `/org/opdbus/Chain`, interface
+//! `org.opdbus.Chain1`.
+//!
+//! | member | signature | |
+//! |---|---|---|
+//! | `Head() -> (t seq, s hash)` | | the last durable block; `NotFound` on an empty chain |
+//! | `GetBlock(t seq) -> s` | | the block as JSON (the form `show --json` prints) |
+//! | `Query(x since, x until, s plugin, s operation, u limit) -> a(tsxsss)` | | (seq, hash, captured_ns, plugin, operation, path) of the most recent `limit` matches, oldest first; 0 / "" mean "any"; `limit` 0 means 100, at most 10000 |
+//! | `Verify(t from_seq, t to_seq) -> (b ok, t blocks, s problem)` | | recomputes hashes and links over the range |
+//! | `Submit(s plugin_id, s operation, s data_json) -> t seq` | | appends a `submit` footprint; replies once it is durable |
+//! | signal `BlocksAppended(t first_seq, t last_seq, s head_hash)` | | new durable blocks, coalesced to at most `service.signal_rate` per second |
+//!
+//! Errors are `org.opdbus.Error.{NotFound, InvalidArgument, Unavailable,
+//! Failed}` with a message saying what was wrong. Who may call what is the
+//! bus's policy (`op-dbus dbus-policy`, `config/dbus/org.opdbus.conf`).
+//! Reads run on blocking threads; at most one `Verify` runs at a time.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use zbus::message::Header;
+
+use super::{connect, BusError, OwnNames, SERVICE_INTERFACE, SERVICE_NAME, SERVICE_PATH};
+use crate::actors::edge::Outbox;
+use crate::actors::pipeline::Health;
+use crate::chain::{verify, Layout};
+use crate::codec::{hex, Credentials, Source, Value};
+use crate::config::BusAddress;
+use crate::import::{check_event, Limits};
+use crate::index::Index;
+use crate::messages::{RawEvent, RawEventBatch};
+use crate::metrics as m;
+use crate::query::{self, Filter};
+
+const QUERY_DEFAULT: u32 = 100;
+const QUERY_MAX: u32 = 10_000;
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.opdbus.Error")]
+pub enum ChainError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No such block, or the chain is empty.
+    NotFound(String),
+    /// An argument is out of range or malformed.
+    InvalidArgument(String),
+    /// op-dbus is stopping and takes no more submissions.
+    Unavailable(String),
+    /// Reading the chain or the index failed.
+    Failed(String),
+}
+
+/// What the service reads from and submits to.
+#[derive(Clone)]
+pub struct ServiceParts {
+    pub layout: Layout,
+    pub index: Index,
+    pub health: Arc<Health>,
+    /// Taken away at shutdown, so that the pipeline can drain.
+    pub source: Arc<Mutex<Option<Outbox<RawEventBatch>>>>,
+    pub limits: Limits,
+}
+
+pub struct ChainService {
+    parts: ServiceParts,
+    verify_slot: Arc<Semaphore>,
+}
+
+impl ChainService {
+    pub fn new(parts: ServiceParts) -> Self {
+        ChainService { parts, verify_slot: Arc::new(Semaphore::new(1)) }
+    }
+}
+
+fn count(method: &'static str, ok: bool) {
+    metrics::counter!(m::SERVICE_CALLS, "method" => method, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ChainError> + Send + 'static) -> Result<T, ChainError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ChainError::Failed(format!("worker failed: {e}")))?
+}
+
+/// One result row of `Query`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, zbus::Type)]
+pub struct BlockSummary {
+    pub seq: u64,
+    pub hash: String,
+    pub captured_ns: i64,
+    pub plugin_id: String,
+    pub operation: String,
+    pub path: String,
+}
+
+#[zbus::interface(name = "org.opdbus.Chain1")]
+impl ChainService {
+    async fn head(&self) -> Result<(u64, String), ChainError> {
+        let head = *self.parts.health.head.borrow();
+        count("Head", head.is_some());
+        head.map(|(seq, h)| (seq, hex(&h))).ok_or_else(|| ChainError::NotFound("the chain is empty".into()))
+    }
+
+    async fn get_block(&self, seq: u64) -> Result<String, ChainError> {
+        let (layout, index) = (self.parts.layout.clone(), self.parts.index.clone());
+        let r = blocking(move || match query::by_seq(&layout, Some(&index), seq) {
+            Ok(Some(b)) => Ok(query::block_json(&b).to_string()),
+            Ok(None) => Err(ChainError::NotFound(format!("no block with seq {seq}"))),
+            Err(e) => Err(ChainError::Failed(e.to_string())),
+        })
+        .await;
+        count("GetBlock", r.is_ok());
+        r
+    }
+
+    async fn query(
+        &self,
+        since: i64,
+        until: i64,
+        plugin: String,
+        operation: String,
+        limit: u32,
+    ) -> Result<Vec<BlockSummary>, ChainError> {
+        if limit > QUERY_MAX {
+            count("Query", false);
+            return Err(ChainError::InvalidArgument(format!("limit {limit} is above the maximum of {QUERY_MAX}")));
+        }
+        let filter = Filter {
+            since: (since != 0).then_some(since),
+            until: (until != 0).then_some(until),
+            plugin: (!plugin.is_empty()).then_some(plugin),
+            operation: (!operation.is_empty()).then_some(operation),
+            limit: Some(if limit == 0 { QUERY_DEFAULT } else { limit } as usize),
+        };
+        let (layout, index) = (self.parts.layout.clone(), self.parts.index.clone());
+        let r = blocking(move || {
+            let found = query::query(&layout, Some(&index), &filter).map_err(|e| ChainError::Failed(e.to_string()))?;
+            Ok(found
+                .iter()
+                .map(|b| {
+                    let fp = &b.body.footprint;
+                    BlockSummary {
+                        seq: b.body.seq,
+                        hash: hex(&b.hash),
+                        captured_ns: fp.captured_ns,
+                        plugin_id: fp.plugin_id.clone(),
+                        operation: fp.operation.clone(),
+                        path: fp.path.clone().unwrap_or_default(),
+                    }
+                })
+                .collect())
+        })
+        .await;
+        count("Query", r.is_ok());
+        r
+    }
+
+    async fn verify(&self, from_seq: u64, to_seq: u64) -> Result<(bool, u64, String), ChainError> {
+        let height = self.parts.health.chain_height.load(std::sync::atomic::Ordering::Acquire);
+        if from_seq > to_seq || to_seq >= height {
+            count("Verify", false);
+            return Err(ChainError::InvalidArgument(format!(
+                "range {from_seq}..={to_seq} is not within the chain's blocks 0..{height}"
+            )));
+        }
+        let _slot = self.verify_slot.acquire().await.map_err(|_| ChainError::Unavailable("stopping".into()))?;
+        let layout = self.parts.layout.clone();
+        let r = blocking(move || {
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let report = verify::verify_range(&layout, threads, from_seq, to_seq);
+            Ok(match report {
+                Ok(rep) => match rep.fault {
+                    None if rep.head_seq.is_some_and(|h| h >= to_seq) => (true, rep.blocks, String::new()),
+                    None => (false, rep.blocks, format!("the chain ends at seq {:?}, before {to_seq}", rep.head_seq)),
+                    Some(f) => (
+                        false,
+                        rep.blocks,
+                        format!("seq {}: {} ({} offset {}: {})", f.seq, f.kind.describe(), f.file, f.offset, f.detail),
+                    ),
+                },
+                Err(e) => (false, 0, e.to_string()),
+            })
+        })
+        .await;
+        count("Verify", r.is_ok());
+        r
+    }
+
+    async fn submit(
+        &self,
+        plugin_id: String,
+        operation: String,
+        data_json: String,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<u64, ChainError> {
+        let r = self.submit_inner(plugin_id, operation, data_json, hdr, conn).await;
+        count("Submit", r.is_ok());
+        r
+    }
+
+    #[zbus(signal)]
+    async fn blocks_appended(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        first_seq: u64,
+        last_seq: u64,
+        head_hash: String,
+    ) -> zbus::Result<()>;
+}
+
+impl ChainService {
+    async fn submit_inner(
+        &self,
+        plugin_id: String,
+        operation: String,
+        data_json: String,
+        hdr: Header<'_>,
+        conn: &zbus::Connection,
+    ) -> Result<u64, ChainError> {
+        let data: Value = serde_json::from_str(&data_json)
+            .map_err(|e| ChainError::InvalidArgument(format!("data_json is not valid JSON: {e}")))?;
+        check_event(&plugin_id, &operation, &data, self.parts.limits)
+            .map_err(|e| ChainError::InvalidArgument(e.to_string()))?;
+        let sender = hdr.sender().map(|s| s.to_string());
+        let creds = match &sender {
+            Some(s) => caller_creds(conn, s).await,
+            None => None,
+        };
+        let source = self.parts.source.lock().expect("source lock").clone();
+        let source = source.ok_or_else(|| ChainError::Unavailable("op-dbus is stopping".into()))?;
+        let event = RawEvent {
+            source: Source::Submit,
+            plugin_id,
+            operation,
+            path: None,
+            sender,
+            creds,
+            captured_ns: crate::codec::now_ns(),
+            signature: String::new(),
+            data,
+        };
+        let (ack, rx) = tokio::sync::oneshot::channel();
+        source
+            .send(RawEventBatch { events: vec![event], ack: Some(ack) })
+            .await
+            .map_err(|_| ChainError::Unavailable("op-dbus is stopping".into()))?;
+        drop(source);
+        match rx.await {
+            Ok(Ok(c)) => Ok(c.first_seq),
+            Ok(Err(e)) => Err(ChainError::Unavailable(e.to_string())),
+            Err(_) => Err(ChainError::Unavailable("op-dbus stopped before the footprint was durable".into())),
+        }
+    }
+}
+
+async fn caller_creds(conn: &zbus::Connection, sender: &str) -> Option<Credentials> {
+    let proxy = zbus::fdo::DBusProxy::new(conn).await.ok()?;
+    let name = zbus::names::BusName::try_from(sender).ok()?;
+    let c = proxy.get_connection_credentials(name).await.ok()?;
+    let pid = c.process_id();
+    Some(Credentials { uid: c.unix_user_id(), pid, unit: pid.and_then(super::names::unit_of_pid) })
+}
+
+/// Connects, serves the object and owns the name (never taking it from
+/// another owner, nor letting one take it).
+pub async fn open_service(addr: &BusAddress, parts: ServiceParts, own: &OwnNames) -> Result<zbus::Connection, BusError> {
+    let conn = connect(addr).await?;
+    // Known as ours before it sends anything that the monitor could see.
+    own.set("service", conn.unique_name().map(|n| n.as_str()));
+    conn.object_server().at(SERVICE_PATH, ChainService::new(parts)).await.map_err(BusError::Call)?;
+    let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
+    let reply = conn.request_name_with_flags(SERVICE_NAME, flags).await;
+    match reply {
+        Ok(zbus::fdo::RequestNameReply::PrimaryOwner) | Ok(zbus::fdo::RequestNameReply::AlreadyOwner) => Ok(conn),
+        Ok(other) => Err(BusError::NameTaken { name: SERVICE_NAME, bus: addr.to_string(), detail: format!("{other:?}") }),
+        Err(e) => Err(BusError::NameTaken { name: SERVICE_NAME, bus: addr.to_string(), detail: e.to_string() }),
+    }
+}
+
+/// Serves until `stop` fires: emits `BlocksAppended` for each change of
+/// the durable head, at most `rate` per second (a change arriving sooner
+/// waits, and everything appended meanwhile goes into that one signal),
+/// and reconnects with backoff when the bus goes away.
+pub async fn run_service(
+    addr: BusAddress,
+    first: zbus::Connection,
+    parts: ServiceParts,
+    rate: u32,
+    reconnect_max: Duration,
+    own: OwnNames,
+    stop: Arc<Notify>,
+) {
+    let period = Duration::from_secs(1) / rate.max(1);
+    let mut head_rx = parts.health.head.subscribe();
+    // Blocks already durable at start are not news.
+    let mut announced = head_rx.borrow_and_update().map(|(seq, _)| seq);
+    let mut conn = Some(first);
+    loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => {
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    tokio::select! {
+                        _ = stop.notified() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    match open_service(&addr, parts.clone(), &own).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "service: bus still unavailable");
+                            delay = (delay * 2).min(reconnect_max);
+                        }
+                    }
+                }
+            }
+        };
+        tracing::info!(bus = %addr, name = SERVICE_NAME, path = SERVICE_PATH, "serving {SERVICE_INTERFACE}");
+        loop {
+            tokio::select! {
+                _ = stop.notified() => return,
+                _ = c.closed() => break,
+                changed = head_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            let Some((last, hash)) = *head_rx.borrow_and_update() else { continue };
+            let first = announced.map_or(0, |a| a + 1);
+            if first > last {
+                continue;
+            }
+            let emitter = zbus::object_server::SignalEmitter::new(&c, SERVICE_PATH).expect("valid object path");
+            match ChainService::blocks_appended(&emitter, first, last, hex(&hash)).await {
+                Ok(()) => {
+                    announced = Some(last);
+                    metrics::counter!(m::FEED_SIGNALS).increment(1);
+                }
+                Err(e) => tracing::debug!(error = %e, "could not emit BlocksAppended"),
+            }
+            tokio::select! {
+                _ = stop.notified() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+        tracing::warn!(bus = %addr, "service lost the bus connection; reconnecting");
+    }
+}
