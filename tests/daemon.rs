@@ -36,7 +36,7 @@ fn start(state: &std::path::Path, port: u16) -> Daemon {
     let child = Command::new(BIN)
         .args(["--config", "/dev/null", "--state-dir"])
         .arg(state)
-        .args(["run", "--metrics-listen", &format!("127.0.0.1:{port}")])
+        .args(["run", "--no-bus", "--no-service", "--metrics-listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -142,7 +142,7 @@ fn metrics_port_in_use_is_a_clear_error() {
     let out = Command::new(BIN)
         .args(["--config", "/dev/null", "--state-dir"])
         .arg(dir.path())
-        .args(["run", "--metrics-listen", &format!("127.0.0.1:{port}")])
+        .args(["run", "--no-bus", "--no-service", "--metrics-listen", &format!("127.0.0.1:{port}")])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));

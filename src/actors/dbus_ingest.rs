@@ -47,6 +47,11 @@ pub struct DbusIngest {
     decoder: BodyDecoder,
     bus: String,
     finished: bool,
+    /// Unique names that joined the bus this round: looked up at once, so
+    /// that a short-lived sender is still there when asked.
+    joined: Vec<String>,
+    /// Unique names that left this round: not cached.
+    left: Vec<String>,
 }
 
 impl DbusIngest {
@@ -67,6 +72,8 @@ impl DbusIngest {
             decoder: BodyDecoder::new(),
             bus,
             finished: false,
+            joined: Vec::new(),
+            left: Vec::new(),
         }
     }
 }
@@ -92,7 +99,7 @@ type Round = std::pin::Pin<Box<dyn ActorFuture<DbusIngest, Output = ()>>>;
 /// ends the stage and drops its outbox, which lets the pipeline drain.
 fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
     let queue = act.queue.clone();
-    let fut = async move { queue.pop_many(TAKE).await }.into_actor(act).then(|items, act, ctx| {
+    let fut = async move { queue.pop_many(TAKE).await }.into_actor(act).then(|items, act, _| {
         if items.is_empty() {
             // The capture ended and everything it queued is handed on. Let
             // go of the outbox so the pipeline drains; the actor idles until
@@ -118,15 +125,19 @@ fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
             }
         };
         let lookups = act.missing_creds(&pending);
+        let left = std::mem::take(&mut act.left);
         let resolver = act.resolver.clone();
         let work = async move { (lookup_creds(resolver, lookups).await, pending) }.into_actor(act).then(
-            |(found, mut pending), act, _| {
-                for (sender, creds) in found {
-                    act.names.set_creds(&sender, creds);
-                }
-                for e in &mut pending {
+            move |(found, mut pending), act, _| {
+                for e in pending.iter_mut().filter(|e| e.creds.is_none()) {
                     if let Some(s) = &e.sender {
-                        e.creds = act.names.creds(s).cloned();
+                        e.creds = found.iter().find(|(n, _)| n == s).map(|(_, c)| c.clone());
+                    }
+                }
+                // Cached for later messages, unless the sender has left already.
+                for (sender, creds) in found {
+                    if !left.contains(&sender) {
+                        act.names.set_creds(&sender, creds);
                     }
                 }
                 let out = act.out.clone();
@@ -200,6 +211,11 @@ impl DbusIngest {
         {
             if let Ok(Value::Array(a)) = self.decoder.decode(body_bytes, "sss", big_endian, 4) {
                 if let [Value::Str(n), Value::Str(old), Value::Str(new)] = a.as_slice() {
+                    if n.starts_with(':') && old.is_empty() {
+                        self.joined.push(n.clone());
+                    } else if n.starts_with(':') && new.is_empty() {
+                        self.left.push(n.clone());
+                    }
                     self.names.owner_changed(n, old, new);
                 }
             }
@@ -246,27 +262,31 @@ impl DbusIngest {
                 ])
             }
         };
+        let creds = sender.and_then(|s| self.names.creds(s).cloned());
         Some(RawEvent {
             source: Source::Dbus,
             plugin_id,
             operation,
             path: path.map(str::to_string),
             sender: sender.map(str::to_string),
-            creds: None,
+            creds,
             captured_ns,
             signature: signature.to_string(),
             data,
         })
     }
 
-    /// Senders (unique names) whose credentials are not cached yet.
-    fn missing_creds(&self, events: &[RawEvent]) -> Vec<String> {
+    /// Senders (unique names) of events still without credentials, and
+    /// the connections that joined this round.
+    fn missing_creds(&mut self, events: &[RawEvent]) -> Vec<String> {
         let mut v: Vec<String> = events
             .iter()
+            .filter(|e| e.creds.is_none())
             .filter_map(|e| e.sender.as_deref())
-            .filter(|s| s.starts_with(':') && !self.names.has_creds(s))
+            .filter(|s| s.starts_with(':'))
             .map(str::to_string)
             .collect();
+        v.extend(self.joined.drain(..).filter(|n| !self.names.has_creds(n)));
         v.sort_unstable();
         v.dedup();
         v

@@ -45,7 +45,9 @@ pub async fn connect(addr: &BusAddress) -> Result<zbus::Connection, BusError> {
     let built = match addr {
         BusAddress::System => zbus::connection::Builder::system(),
         BusAddress::Session => zbus::connection::Builder::session(),
-        BusAddress::Address(a) => zbus::connection::Builder::address(a.as_str()),
+        // A `guid=` pins one bus instance; a restarted bus has a new one,
+        // and a recorder must reconnect to it, so the pin is dropped.
+        BusAddress::Address(a) => zbus::connection::Builder::address(without_guid(a).as_str()),
     };
     let hint = match addr {
         BusAddress::System => "is dbus-daemon running (apt-get install dbus)? or choose a bus with --bus",
@@ -54,6 +56,19 @@ pub async fn connect(addr: &BusAddress) -> Result<zbus::Connection, BusError> {
     };
     let err = |source| BusError::Connect { bus: addr.to_string(), hint, source };
     built.build().await.map_err(err)
+}
+
+fn without_guid(addr: &str) -> String {
+    addr.split(';')
+        .map(|one| match one.split_once(':') {
+            Some((transport, kv)) => {
+                let kept: Vec<&str> = kv.split(',').filter(|p| !p.starts_with("guid=")).collect();
+                format!("{transport}:{}", kept.join(","))
+            }
+            None => one.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// The unique names of op-dbus's own connections, by role, so that their
@@ -73,5 +88,14 @@ impl OwnNames {
 
     pub fn snapshot(&self) -> Vec<String> {
         self.0.lock().expect("own names lock").values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guid_is_dropped_from_addresses() {
+        assert_eq!(super::without_guid("unix:path=/x/bus,guid=abc"), "unix:path=/x/bus");
+        assert_eq!(super::without_guid("unix:guid=1,path=/a;tcp:host=h,port=1"), "unix:path=/a;tcp:host=h,port=1");
     }
 }

@@ -1,0 +1,416 @@
+//! Live capture and the org.opdbus service, against a private dbus-daemon
+//! that each test starts (scripts/private-bus.sh, the shipped policy) and
+//! kills on drop. Never the host's bus.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_op-dbus");
+const EMIT: &str = env!("CARGO_BIN_EXE_op-dbus-emit");
+
+struct Bus {
+    dir: PathBuf,
+    address: String,
+    pid: i32,
+}
+
+impl Bus {
+    fn start(dir: &Path) -> Bus {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/private-bus.sh")).arg(dir).output().unwrap();
+        assert!(out.status.success(), "dbus-daemon did not start: {}", String::from_utf8_lossy(&out.stderr));
+        let address = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let pid = std::fs::read_to_string(dir.join("bus.pid")).unwrap().trim().parse().unwrap();
+        Bus { dir: dir.to_path_buf(), address, pid }
+    }
+
+    fn kill(&mut self) {
+        if self.pid > 0 {
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            // Reap or wait until it is gone (it is not our child: it forked).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while unsafe { libc::kill(self.pid, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.pid = 0;
+        }
+    }
+
+    /// A new dbus-daemon on the same socket path.
+    fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.dir.join("bus"));
+        let b = Bus::start(&self.dir.clone());
+        self.pid = b.pid;
+        self.address = b.address.clone();
+        std::mem::forget(b);
+    }
+
+    fn emit(&self, args: &[&str]) {
+        let out = Command::new(EMIT).args(["--bus", &self.address]).args(args).output().unwrap();
+        assert!(out.status.success(), "emit {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Daemon {
+    child: Child,
+    state: PathBuf,
+}
+
+impl Daemon {
+    fn start(bus: &Bus, state: &Path, config: &str) -> Daemon {
+        let cfg = state.with_extension("toml");
+        std::fs::write(&cfg, config).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["run", "--no-metrics", "--bus", &bus.address])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, state: state.to_path_buf() };
+        // Ready once it serves Head (or NotFound on an empty chain).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = busctl(bus, &["call", "org.opdbus", "/org/opdbus/Chain", "org.opdbus.Chain1", "Head"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || err.contains("empty") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "daemon never served: {err}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn stop(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "daemon exit {:?}: {err}", out.status);
+        err
+    }
+
+    fn log(&self) -> Vec<Value> {
+        common::log_json(&self.state, &[])
+    }
+
+    /// Waits until `pred` holds for the logged blocks.
+    fn wait_log(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let blocks = self.log();
+            if pred(&blocks) {
+                return blocks;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; have {} blocks", blocks.len());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collects BlocksAppended (first, last) ranges until `stop`.
+fn listen_blocks_appended(
+    address: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
+    use futures_util::StreamExt;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let conn = zbus::connection::Builder::address(address.as_str()).build().await.unwrap();
+            let rule = zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .interface("org.opdbus.Chain1")
+                .member("BlocksAppended")
+                .build()
+                .unwrap();
+            let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, None).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                tokio::select! {
+                    m = stream.next() => {
+                        let m = m.unwrap().unwrap();
+                        let (first, last, _hash): (u64, u64, String) = m.body().deserialize().unwrap();
+                        out.push((first, last));
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                        if stop.load(std::sync::atomic::Ordering::Acquire) {
+                            return out;
+                        }
+                    }
+                }
+            }
+        })
+    })
+}
+
+fn busctl(bus: &Bus, args: &[&str]) -> Output {
+    Command::new("busctl").arg(format!("--address={}", bus.address)).args(args).output().unwrap()
+}
+
+fn member(b: &Value) -> &str {
+    b["operation"].as_str().unwrap().rsplit('.').next().unwrap()
+}
+
+fn test_signals(blocks: &[Value]) -> Vec<&Value> {
+    blocks.iter().filter(|b| b["operation"].as_str().unwrap().starts_with("org.opdbus.Test.")).collect()
+}
+
+#[test]
+fn every_argument_type_becomes_a_block_with_exact_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let d = Daemon::start(&bus, &dir.path().join("state"), "");
+    bus.emit(&["types"]);
+    let blocks = d.wait_log("7 test signals", |b| test_signals(b).len() >= 7);
+    let by: std::collections::HashMap<&str, &Value> = test_signals(&blocks).into_iter().map(|b| (member(b), b)).collect();
+    let check = |m: &str, sig: &str, data: Value| {
+        let b = by.get(m).unwrap_or_else(|| panic!("no {m}"));
+        assert_eq!(b["signature"], sig, "{m}");
+        assert_eq!(b["data"], data, "{m}");
+        assert_eq!(b["source"], "dbus");
+        assert_eq!(b["path"], "/org/opdbus/Test");
+        assert!(b["sender"].as_str().unwrap().starts_with(':'));
+        assert_eq!(b["creds"]["uid"], 0, "{m}: the emitter runs as root");
+        assert!(b["creds"]["pid"].as_u64().unwrap() > 0);
+    };
+    check(
+        "Basic",
+        "ybnqiuxtds",
+        serde_json::json!([255, true, -2, 3, -4, 5, -6, u64::MAX, 8.5, "str"]),
+    );
+    check("Names", "og", serde_json::json!(["/a/b", "a{sv}"]));
+    check(
+        "Dict",
+        "a{sv}",
+        serde_json::json!([{"int": ["i", 42], "list": ["as", ["a", "b"]], "nested": ["v", ["y", 1]]}]),
+    );
+    // One struct argument stays one argument.
+    check("Struct", "(usv)", serde_json::json!([[1, "two", ["d", 3.0]]]));
+    check("Nested", "aauaay", serde_json::json!([[[1, 2], [], [3]], [[97, 98], []]]));
+    check("Fd", "hs", serde_json::json!([{"unix_fd": 0}, "after"]));
+    check("Empty", "", serde_json::json!([]));
+    assert_eq!(common::verify_json(&d.state).0, 0);
+    d.stop();
+}
+
+#[test]
+fn filters_include_and_exclude() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let cfg = "[[bus.include]]\ninterface = \"org.opdbus.Test\"\n[[bus.exclude]]\nmember = \"Basic\"\n";
+    let d = Daemon::start(&bus, &dir.path().join("state"), cfg);
+    bus.emit(&["types"]);
+    bus.emit(&["sample"]);
+    d.wait_log("6 test signals", |b| test_signals(b).len() >= 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let blocks = d.log();
+    let members: Vec<&str> = blocks.iter().map(member).collect();
+    assert_eq!(members, ["Names", "Dict", "Struct", "Nested", "Fd", "Empty"], "only org.opdbus.Test, without Basic");
+    d.stop();
+}
+
+#[test]
+fn plugin_id_follows_name_owner_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let d = Daemon::start(&bus, &dir.path().join("state"), "");
+    bus.emit(&["names", "org.example.Named"]);
+    let blocks = d.wait_log("3 signals", |b| test_signals(b).len() >= 3);
+    let got: Vec<(&str, &str)> =
+        test_signals(&blocks).iter().map(|b| (member(b), b["plugin_id"].as_str().unwrap())).collect();
+    assert_eq!(got, [("Before", "org.opdbus.Test"), ("While", "org.example.Named"), ("After", "org.opdbus.Test")]);
+    d.stop();
+}
+
+#[test]
+fn submit_is_durable_before_the_reply_and_follows_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let d = Daemon::start(&bus, &dir.path().join("state"), "");
+    let out = Command::new(BIN)
+        .args(["--config", "/dev/null", "submit", "--bus", &bus.address, "my.app", "my.app.Deployed", r#"{"v":[1,2]}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seq: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // Acknowledged means on disk: the block is there the moment the reply is.
+    let shown = common::run(&d.state, &["show", &seq.to_string(), "--json"]).last_json();
+    assert_eq!(shown["source"], "submit");
+    assert_eq!(shown["plugin_id"], "my.app");
+    assert_eq!(shown["data"], serde_json::json!({"v": [1, 2]}));
+    assert_eq!(shown["creds"]["uid"], 0);
+
+    // Bad JSON is an InvalidArgument error, exit 1.
+    let out = Command::new(BIN)
+        .args(["--config", "/dev/null", "submit", "--bus", &bus.address, "a", "b", "{nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("org.opdbus.Error.InvalidArgument"));
+
+    // An unprivileged uid may not Submit under the shipped policy.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "dbus-send"])
+        .arg(format!("--bus={}", bus.address))
+        .args(["--print-reply", "--dest=org.opdbus", "/org/opdbus/Chain", "org.opdbus.Chain1.Submit"])
+        .args(["string:a", "string:b", "string:{}"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AccessDenied"), "{err}");
+    // Nor read, unless in the read group.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "dbus-send"])
+        .arg(format!("--bus={}", bus.address))
+        .args(["--print-reply", "--dest=org.opdbus", "/org/opdbus/Chain", "org.opdbus.Chain1.Head"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AccessDenied"));
+    assert!(d.log().iter().all(|b| b["source"] != "submit" || b["seq"] == seq), "the denied call appended nothing");
+    d.stop();
+}
+
+#[test]
+fn feed_is_coalesced_and_its_own_traffic_is_never_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    // Record everything, method calls and returns included.
+    let cfg = "[bus]\nmethod_calls = true\nmethod_returns = true\nerrors = true\n[service]\nsignal_rate = 5\n";
+    let d = Daemon::start(&bus, &dir.path().join("state"), cfg);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = listen_blocks_appended(bus.address.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    bus.emit(&["load", "--count", "3000", "--rate", "3000"]);
+    for _ in 0..3 {
+        let _ = busctl(&bus, &["call", "org.opdbus", "/org/opdbus/Chain", "org.opdbus.Chain1", "Head"]);
+    }
+    let blocks = d.wait_log("3000 ticks", |b| b.iter().filter(|x| x["plugin_id"] == "org.opdbus.Load").count() >= 3000);
+    std::thread::sleep(Duration::from_millis(600));
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let ranges = listener.join().unwrap();
+    assert!(!ranges.is_empty(), "no BlocksAppended seen");
+    assert!(
+        ranges.len() as f64 <= elapsed * 5.0 + 2.0,
+        "{} signals in {elapsed:.1}s exceeds 5/s",
+        ranges.len()
+    );
+    for w in ranges.windows(2) {
+        assert_eq!(w[1].0, w[0].1 + 1, "ranges are contiguous: {ranges:?}");
+    }
+    assert!(ranges.last().unwrap().1 >= blocks.iter().filter(|x| x["plugin_id"] == "org.opdbus.Load").last().unwrap()["seq"].as_u64().unwrap());
+    // None of op-dbus's own traffic: no feed signal, no call to or reply from
+    // the service, no lookups its resolver made.
+    let all = d.log();
+    for b in &all {
+        let op = b["operation"].as_str().unwrap();
+        assert!(!op.starts_with("org.opdbus.Chain1"), "own traffic recorded: {b}");
+        assert!(!op.contains("GetConnectionCredentials") && !op.contains("ListNames"), "resolver traffic recorded: {b}");
+    }
+    // The busctl calls to Head were made and are not in the chain, while
+    // busctl's own Hello calls are.
+    assert!(all.iter().any(|b| b["operation"] == "org.freedesktop.DBus.Hello"));
+    d.stop();
+}
+
+#[test]
+fn bus_restart_reconnects_and_records_the_outage_as_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bus = Bus::start(&dir.path().join("bus"));
+    let d = Daemon::start(&bus, &dir.path().join("state"), "[bus]\nreconnect_max_s = 1\n");
+    bus.emit(&["names", "org.example.A"]);
+    d.wait_log("first signals", |b| test_signals(b).len() >= 3);
+    bus.restart();
+    let blocks = d.wait_log("a gap record", |b| b.iter().any(|x| x["operation"] == "org.opdbus.Gap"));
+    let gap = blocks.iter().find(|x| x["operation"] == "org.opdbus.Gap").unwrap();
+    assert_eq!(gap["source"], "internal");
+    assert_eq!(gap["data"]["reason"], "bus-disconnected");
+    assert!(gap["data"]["dropped"].is_null());
+    assert!(gap["data"]["last_ns"].as_i64() >= gap["data"]["first_ns"].as_i64());
+    // Recording goes on, and the service is back on the new bus.
+    Daemon::wait_served(&bus);
+    bus.emit(&["names", "org.example.B"]);
+    d.wait_log("signals after the restart", |b| test_signals(b).len() >= 6);
+    assert_eq!(common::verify_json(&d.state).0, 0);
+    d.stop();
+}
+
+impl Daemon {
+    fn wait_served(bus: &Bus) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !busctl(bus, &["call", "org.opdbus", "/org/opdbus/Chain", "org.opdbus.Chain1", "Head"]).status.success() {
+            assert!(Instant::now() < deadline, "service did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn hostile_messages_are_recorded_and_do_not_crash_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let d = Daemon::start(&bus, &dir.path().join("state"), "");
+    bus.emit(&["hostile", "--big", "30000000"]);
+    let blocks = d.wait_log("4 hostile signals", |b| test_signals(b).len() >= 4);
+    let t = test_signals(&blocks);
+    let big = t.iter().find(|b| member(b) == "Big").unwrap();
+    assert_eq!(big["truncated"], true);
+    assert_eq!(big["signature"], "ay");
+    let deep = t.iter().find(|b| member(b) == "Deep").unwrap();
+    let mut v = &deep["data"][0];
+    let mut depth = 0;
+    while v[0] == "v" {
+        v = &v[1];
+        depth += 1;
+    }
+    assert_eq!((depth, v.clone()), (60, serde_json::json!(["u", 7])));
+    assert!(t.iter().any(|b| member(b) == "Empty" && b["data"] == serde_json::json!([])));
+    let odd = t.iter().find(|b| member(b) == "Odd").unwrap();
+    assert_eq!(odd["signature"], "a{oa{sa{sv}}}a(yv)");
+    // Still serving, still recording.
+    assert!(busctl(&bus, &["call", "org.opdbus", "/org/opdbus/Chain", "org.opdbus.Chain1", "Head"]).status.success());
+    assert_eq!(common::verify_json(&d.state).0, 0);
+    d.stop();
+}
+
+#[test]
+fn a_denied_monitor_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN, "--config", "/dev/null", "--state-dir"])
+        .arg(&state)
+        .args(["run", "--no-metrics", "--bus", &bus.address])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BecomeMonitor") && err.contains("root"), "{err}");
+}
