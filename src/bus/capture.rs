@@ -283,7 +283,12 @@ pub async fn run_capture(
     queue.close();
 }
 
-/// Polls the stream until it ends (false) or `stop` fires (true).
+/// How long a stopping capture keeps reading what the bus already sent.
+const QUIET: Duration = Duration::from_millis(100);
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+
+/// Polls the stream until it ends (false) or `stop` fires and the bus has
+/// gone quiet (true).
 async fn drain(
     mut stream: zbus::MessageStream,
     queue: &CaptureQueue,
@@ -291,19 +296,34 @@ async fn drain(
     stop: &Notify,
 ) -> bool {
     let mut overflow: Option<Gap> = None;
+    // Set once `stop` fires: what the bus already sent us is still read,
+    // until it has been quiet for QUIET or for at most STOP_DRAIN.
+    let mut stopping: Option<tokio::time::Instant> = None;
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop.notified() => {
-                flush_overflow(queue, &mut overflow);
-                return true;
+        let next = match stopping {
+            None => tokio::select! {
+                biased;
+                _ = stop.notified() => {
+                    stopping = Some(tokio::time::Instant::now() + STOP_DRAIN);
+                    continue;
+                }
+                n = stream.next() => n,
+            },
+            Some(deadline) => {
+                let quiet = (tokio::time::Instant::now() + QUIET).min(deadline);
+                match tokio::time::timeout_at(quiet, stream.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        flush_overflow(queue, &mut overflow);
+                        return true;
+                    }
+                }
             }
-            n = stream.next() => n,
         };
         let msg = match next {
             None => {
                 flush_overflow(queue, &mut overflow);
-                return false;
+                return stopping.is_some();
             }
             Some(Err(e)) => {
                 // zbus could not parse what the bus sent; nothing to record.
