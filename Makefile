@@ -5,18 +5,24 @@ CARGO ?= cargo
 STATE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/op-dbus,$(CURDIR)/state)
 METRICS ?= 127.0.0.1:9464
 
-.PHONY: help run build test lint fmt bench bench-criterion bench-load clean
+.PHONY: help deps run demo build test lint fmt bench bench-criterion bench-load bench-bus clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
+deps: ## install the Debian packages the daemon and tests need (dbus, util-linux), if missing
+	./scripts/deps.sh
+
 build: ## build the release binary
 	$(CARGO) build --release --locked
 
-run: build ## run the daemon (state in $(STATE_DIR), metrics on $(METRICS)); Ctrl-C drains and stops
-	./target/release/op-dbus --state-dir $(STATE_DIR) run --metrics-listen $(METRICS)
+run: deps build ## run the daemon: system bus as root, else a private bus it starts (state in $(STATE_DIR)); Ctrl-C stops
+	STATE_DIR=$(STATE_DIR) METRICS=$(METRICS) ./scripts/run.sh
 
-test: ## run every test (unit, integration, property)
+demo: deps build ## record a sample burst on a private bus, then show `op-dbus log` and `op-dbus verify`
+	./scripts/demo.sh
+
+test: deps ## run every test (unit, integration against a private dbus-daemon, property)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
@@ -30,13 +36,18 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: bench-criterion bench-load ## run every benchmark (see BENCHMARKS.md)
+bench: bench-criterion bench-load bench-bus ## run every benchmark (see BENCHMARKS.md)
 
 bench-criterion: ## criterion micro-benchmarks: codec and LMDB vs SQLite
 	$(CARGO) bench --locked --bench codec --bench index
 
 bench-load: ## end-to-end import, verify and latency against their peers (LOAD_N=1000000)
 	$(CARGO) bench --locked --bench load
+
+bench-bus: ## live capture vs dbus-monitor and busctl on a private bus (BUS_N=200000)
+	./scripts/deps.sh --bench
+	$(CARGO) build --release --locked
+	./scripts/bench-bus.py
 
 clean: ## remove build output and the local state folder
 	$(CARGO) clean

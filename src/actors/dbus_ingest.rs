@@ -26,6 +26,9 @@ use crate::metrics as m;
 
 /// Items taken from the capture queue per round.
 const TAKE: usize = 1024;
+/// How long to wait for a fuller round once something is queued: the
+/// wake-ups between threads, not the work, dominate the cost of small rounds.
+const LINGER: Duration = Duration::from_millis(2);
 /// A batch is handed on at this many events or bytes of bodies.
 const BATCH_EVENTS: usize = 512;
 const BATCH_BYTES: usize = 4 << 20;
@@ -99,7 +102,7 @@ type Round = std::pin::Pin<Box<dyn ActorFuture<DbusIngest, Output = ()>>>;
 /// ends the stage and drops its outbox, which lets the pipeline drain.
 fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
     let queue = act.queue.clone();
-    let fut = async move { queue.pop_many(TAKE).await }.into_actor(act).then(|items, act, _| {
+    let fut = async move { queue.pop_many(TAKE, LINGER).await }.into_actor(act).then(|items, act, _| {
         if items.is_empty() {
             // The capture ended and everything it queued is handed on. Let
             // go of the outbox so the pipeline drains; the actor idles until

@@ -79,6 +79,9 @@ struct State {
     closed: bool,
 }
 
+/// Items waiting that wake a lingering consumer at once.
+const WAKE_AT: usize = 512;
+
 /// A queue bounded in messages and bytes, with one producer (the capture
 /// task) and one consumer (DbusIngest).
 pub struct CaptureQueue {
@@ -115,9 +118,17 @@ impl CaptureQueue {
         s.messages += 1;
         s.bytes += size;
         s.items.push_back((item, Some(size)));
-        record_depth(&s);
+        // Wake the consumer when there is something after nothing, and when
+        // a full batch is waiting; in between it lingers (see `pop_many`),
+        // so a busy bus costs one wake-up per batch, not per message.
+        let wake = s.items.len() == 1 || s.items.len() == WAKE_AT;
+        if s.items.len() % 4096 == 0 {
+            record_depth(&s);
+        }
         drop(s);
-        self.not_empty.notify_one();
+        if wake {
+            self.not_empty.notify_one();
+        }
         Ok(())
     }
 
@@ -140,12 +151,20 @@ impl CaptureQueue {
         self.not_empty.notify_one();
     }
 
-    /// Waits for at least one item and takes up to `max`; empty once the
-    /// queue is closed and drained.
-    pub async fn pop_many(&self, max: usize) -> Vec<Captured> {
+    /// Waits for at least one item, then up to `linger` for `WAKE_AT`
+    /// items, and takes up to `max`; empty once the queue is closed and
+    /// drained.
+    pub async fn pop_many(&self, max: usize, linger: Duration) -> Vec<Captured> {
+        let mut lingered = false;
         loop {
             {
                 let mut s = self.lock();
+                if !lingered && !s.closed && !s.items.is_empty() && s.items.len() < WAKE_AT {
+                    drop(s);
+                    lingered = true;
+                    let _ = tokio::time::timeout(linger, self.not_empty.notified()).await;
+                    continue;
+                }
                 if !s.items.is_empty() {
                     let n = max.min(s.items.len());
                     let mut out = Vec::with_capacity(n);
@@ -431,13 +450,13 @@ mod tests {
             assert!(q.try_push(gap(3), 40).is_ok());
             assert!(q.try_push(gap(4), 0).is_err(), "over the message bound");
             q.push_control(gap(5));
-            let got = q.pop_many(10).await;
+            let got = q.pop_many(10, Duration::ZERO).await;
             assert_eq!(got.len(), 3);
             // Popped messages free their room; an oversized one fits an empty queue.
             assert!(q.try_push(gap(6), 1000).is_ok());
             q.close();
-            assert_eq!(q.pop_many(10).await.len(), 1);
-            assert!(q.pop_many(10).await.is_empty());
+            assert_eq!(q.pop_many(10, Duration::ZERO).await.len(), 1);
+            assert!(q.pop_many(10, Duration::ZERO).await.is_empty());
         });
     }
 
@@ -451,9 +470,9 @@ mod tests {
             let waiter = tokio::spawn(async move { q2.push(gap(2), 1).await });
             tokio::task::yield_now().await;
             assert!(!waiter.is_finished());
-            assert_eq!(q.pop_many(1).await.len(), 1);
+            assert_eq!(q.pop_many(1, Duration::ZERO).await.len(), 1);
             waiter.await.unwrap();
-            assert_eq!(q.pop_many(5).await.len(), 1);
+            assert_eq!(q.pop_many(5, Duration::ZERO).await.len(), 1);
         });
     }
 }
