@@ -513,10 +513,16 @@ impl Config {
     }
 }
 
-type PickInt<'a> = dyn Fn(&'static str, Option<i64>, &'static str, Option<i64>) -> Result<Option<Src<i64>>, ConfigError> + 'a;
+type PickInt<'a> =
+    dyn Fn(&'static str, Option<i64>, &'static str, Option<i64>) -> Result<Option<Src<i64>>, ConfigError> + 'a;
 
 /// A string from flag, env or file, with its origin.
-fn pick_str(flag: Option<&String>, env: Option<(String, &str)>, file: Option<&String>, file_origin: &str) -> Option<Src<String>> {
+fn pick_str(
+    flag: Option<&String>,
+    env: Option<(String, &str)>,
+    file: Option<&String>,
+    file_origin: &str,
+) -> Option<Src<String>> {
     if let Some(v) = flag {
         return Some(Src { value: v.clone(), origin: "command line".into() });
     }
@@ -573,7 +579,9 @@ fn bus_config(
     if flags.no_bus {
         b.enabled = false;
     }
-    if let Some(v) = pick_str(flags.bus.as_ref(), env("OP_DBUS_BUS").map(|v| (v, "OP_DBUS_BUS")), f.address.as_ref(), file_origin) {
+    if let Some(v) =
+        pick_str(flags.bus.as_ref(), env("OP_DBUS_BUS").map(|v| (v, "OP_DBUS_BUS")), f.address.as_ref(), file_origin)
+    {
         b.address = bus_address("bus.address", v)?;
     }
     b.signals = f.signals.unwrap_or(b.signals);
@@ -712,13 +720,18 @@ mod tests {
 
     #[test]
     fn bus_and_service_settings() {
-        let toml = "[bus]\naddress = \"unix:path=/tmp/x\"\nqueue_policy = \"block\"\n[[bus.exclude]]\ninterface = \"a.b\"\n";
+        let toml =
+            "[bus]\naddress = \"unix:path=/tmp/x\"\nqueue_policy = \"block\"\n[[bus.exclude]]\ninterface = \"a.b\"\n";
         let c = load(Some(toml), &[], Overrides::default()).unwrap();
         assert_eq!(c.bus.address, BusAddress::Address("unix:path=/tmp/x".into()));
         assert_eq!(c.bus.queue_policy, QueuePolicy::Block);
         assert_eq!(c.bus.exclude[0].interface.as_deref(), Some("a.b"));
-        let c = load(Some(toml), &[("OP_DBUS_BUS", "session")], Overrides { bus: Some("system".into()), ..Default::default() })
-            .unwrap();
+        let c = load(
+            Some(toml),
+            &[("OP_DBUS_BUS", "session")],
+            Overrides { bus: Some("system".into()), ..Default::default() },
+        )
+        .unwrap();
         assert_eq!(c.bus.address, BusAddress::System);
         let e = load(None, &[("OP_DBUS_BUS", "nowhere")], Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("bus.address") && e.contains("nowhere") && e.contains("OP_DBUS_BUS"), "{e}");

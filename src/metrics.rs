@@ -64,8 +64,16 @@ pub fn describe() {
     describe_counter!(TRUNCATED, Unit::Count, "footprints whose data was above the size cap and stored truncated");
     describe_counter!(BUS_RECEIVED, Unit::Count, "messages read from the monitor connection");
     describe_counter!(BUS_RECORDED, Unit::Count, "bus messages handed to the pipeline as footprints");
-    describe_counter!(BUS_FILTERED, Unit::Count, "bus messages skipped by the filter rules or as op-dbus's own traffic");
-    describe_counter!(BUS_DROPPED, Unit::Count, "bus messages dropped because the capture queue was full (each run is a gap record)");
+    describe_counter!(
+        BUS_FILTERED,
+        Unit::Count,
+        "bus messages skipped by the filter rules or as op-dbus's own traffic"
+    );
+    describe_counter!(
+        BUS_DROPPED,
+        Unit::Count,
+        "bus messages dropped because the capture queue was full (each run is a gap record)"
+    );
     describe_counter!(BUS_GAPS, Unit::Count, "gap records written (queue overflow or bus outage)");
     describe_counter!(BUS_UNDECODABLE, Unit::Count, "bus messages whose body could not be decoded (stored raw)");
     describe_gauge!(BUS_CONNECTED, Unit::Count, "1 while the monitor connection is up");

@@ -143,7 +143,8 @@ fn every_argument_type_becomes_a_block_with_exact_data() {
     let d = Daemon::start(&bus, &dir.path().join("state"), "");
     bus.emit(&["types"]);
     let blocks = d.wait_log("7 test signals", |b| test_signals(b).len() >= 7);
-    let by: std::collections::HashMap<&str, &Value> = test_signals(&blocks).into_iter().map(|b| (member(b), b)).collect();
+    let by: std::collections::HashMap<&str, &Value> =
+        test_signals(&blocks).into_iter().map(|b| (member(b), b)).collect();
     let check = |m: &str, sig: &str, data: Value| {
         let b = by.get(m).unwrap_or_else(|| panic!("no {m}"));
         assert_eq!(b["signature"], sig, "{m}");
@@ -154,11 +155,7 @@ fn every_argument_type_becomes_a_block_with_exact_data() {
         assert_eq!(b["creds"]["uid"], 0, "{m}: the emitter runs as root");
         assert!(b["creds"]["pid"].as_u64().unwrap() > 0);
     };
-    check(
-        "Basic",
-        "ybnqiuxtds",
-        serde_json::json!([255, true, -2, 3, -4, 5, -6, u64::MAX, 8.5, "str"]),
-    );
+    check("Basic", "ybnqiuxtds", serde_json::json!([255, true, -2, 3, -4, 5, -6, u64::MAX, 8.5, "str"]));
     check("Names", "og", serde_json::json!(["/a/b", "a{sv}"]));
     check(
         "Dict",
@@ -273,22 +270,24 @@ fn feed_is_coalesced_and_its_own_traffic_is_never_recorded() {
     stop.store(true, std::sync::atomic::Ordering::Release);
     let ranges = listener.join().unwrap();
     assert!(!ranges.is_empty(), "no BlocksAppended seen");
-    assert!(
-        ranges.len() as f64 <= elapsed * 5.0 + 2.0,
-        "{} signals in {elapsed:.1}s exceeds 5/s",
-        ranges.len()
-    );
+    assert!(ranges.len() as f64 <= elapsed * 5.0 + 2.0, "{} signals in {elapsed:.1}s exceeds 5/s", ranges.len());
     for w in ranges.windows(2) {
         assert_eq!(w[1].0, w[0].1 + 1, "ranges are contiguous: {ranges:?}");
     }
-    assert!(ranges.last().unwrap().1 >= blocks.iter().filter(|x| x["plugin_id"] == "org.opdbus.Load").last().unwrap()["seq"].as_u64().unwrap());
+    assert!(
+        ranges.last().unwrap().1
+            >= blocks.iter().rfind(|x| x["plugin_id"] == "org.opdbus.Load").unwrap()["seq"].as_u64().unwrap()
+    );
     // None of op-dbus's own traffic: no feed signal, no call to or reply from
     // the service, no lookups its resolver made.
     let all = d.log();
     for b in &all {
         let op = b["operation"].as_str().unwrap();
         assert!(!op.starts_with("org.opdbus.Chain1"), "own traffic recorded: {b}");
-        assert!(!op.contains("GetConnectionCredentials") && !op.contains("ListNames"), "resolver traffic recorded: {b}");
+        assert!(
+            !op.contains("GetConnectionCredentials") && !op.contains("ListNames"),
+            "resolver traffic recorded: {b}"
+        );
     }
     // The calls to Head were made and are not in the chain, while the
     // callers' own Hello calls are.
@@ -372,4 +371,79 @@ fn a_denied_monitor_is_a_clear_start_up_error() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("BecomeMonitor") && err.contains("root"), "{err}");
+}
+
+/// Calls a Chain1 method with zbus and decodes the reply.
+fn call<A, R>(bus: &Bus, method: &str, args: &A) -> Result<R, zbus::Error>
+where
+    A: serde::Serialize + zbus::wire::DynamicType,
+    R: for<'d> zbus::wire::DynamicDeserialize<'d>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(bus.address.as_str()).build().await?;
+        let reply =
+            conn.call_method(Some("org.opdbus"), "/org/opdbus/Chain", Some("org.opdbus.Chain1"), method, args).await?;
+        reply.body().deserialize::<R>()
+    })
+}
+
+fn error_name(e: zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, detail, _) => format!("{}: {}", name.as_str(), detail.unwrap_or_default()),
+        other => panic!("not a method error: {other}"),
+    }
+}
+
+#[test]
+fn read_methods_answer_from_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let d = Daemon::start(&bus, &dir.path().join("state"), "");
+    bus.emit(&["sample"]);
+    let blocks =
+        d.wait_log("the sample", |b| b.iter().filter(|x| x["plugin_id"] == "org.freedesktop.systemd1").count() >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let blocks = d.log().into_iter().take(blocks.len()).collect::<Vec<_>>();
+
+    let (seq, hash): (u64, String) = call(&bus, "Head", &()).unwrap();
+    assert!(seq as usize + 1 >= blocks.len());
+    assert_eq!(hash.len(), 64);
+
+    let json: String = call(&bus, "GetBlock", &(2u64,)).unwrap();
+    let got: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(got, blocks[2]);
+    let e = error_name(call::<_, String>(&bus, "GetBlock", &(1_000_000u64,)).unwrap_err());
+    assert!(e.starts_with("org.opdbus.Error.NotFound"), "{e}");
+
+    type Row = (u64, String, i64, String, String, String);
+    let rows: Vec<Row> = call(&bus, "Query", &(0i64, 0i64, "org.freedesktop.systemd1", "", 2u32)).unwrap();
+    let want: Vec<&Value> = blocks.iter().filter(|b| b["plugin_id"] == "org.freedesktop.systemd1").collect();
+    let want = &want[want.len() - 2..];
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        want.iter().map(|b| b["seq"].as_u64().unwrap()).collect::<Vec<_>>()
+    );
+    assert!(rows.iter().all(|r| r.3 == "org.freedesktop.systemd1" && r.1.len() == 64));
+    let e = error_name(call::<_, Vec<Row>>(&bus, "Query", &(0i64, 0i64, "", "", 20_000u32)).unwrap_err());
+    assert!(e.starts_with("org.opdbus.Error.InvalidArgument"), "{e}");
+
+    let (ok, checked, problem): (bool, u64, String) = call(&bus, "Verify", &(0u64, seq)).unwrap();
+    assert!(ok && checked > seq && problem.is_empty(), "{ok} {checked} {problem}");
+    let e = error_name(call::<_, (bool, u64, String)>(&bus, "Verify", &(5u64, 1u64)).unwrap_err());
+    assert!(e.starts_with("org.opdbus.Error.InvalidArgument"), "{e}");
+
+    // Flip one bit of a stored block: Verify over the range names it.
+    let (first, seg) = common::segments(&d.state)[0].clone();
+    let bytes = std::fs::read(&seg).unwrap();
+    let frames = common::parse_frames(&bytes);
+    let victim = &frames[3];
+    let mut copy = bytes.clone();
+    let mid = victim.range().start + victim.range().len() / 2;
+    copy[mid] ^= 0x01;
+    std::fs::write(&seg, &copy).unwrap();
+    let (ok, _, problem): (bool, u64, String) = call(&bus, "Verify", &(0u64, seq)).unwrap();
+    assert!(!ok && problem.starts_with(&format!("seq {}", first + 3)), "{problem}");
+    std::fs::write(&seg, &bytes).unwrap();
+    d.stop();
 }

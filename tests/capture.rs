@@ -21,7 +21,17 @@ const N: u64 = 3000;
 
 /// Records N load signals through a pipeline whose commits take 20 ms, with
 /// a capture queue of 16 messages; returns the tick seqs found and the gaps.
-fn record(policy: QueuePolicy) -> (Vec<u64>, u64, Vec<(String, Option<u64>)>) {
+/// What a run left in the chain.
+struct Recorded {
+    /// Tick sequence numbers, in chain order.
+    ticks: Vec<u64>,
+    /// Blocks from the bus (ticks and the emitter's name signals).
+    dbus_blocks: u64,
+    /// Gap records: reason and dropped count.
+    gaps: Vec<(String, Option<u64>)>,
+}
+
+fn record(policy: QueuePolicy) -> Recorded {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::start(&dir.path().join("bus"));
     let state = dir.path().join("state");
@@ -89,7 +99,7 @@ fn record(policy: QueuePolicy) -> (Vec<u64>, u64, Vec<(String, Option<u64>)>) {
         true
     })
     .unwrap();
-    (ticks, dbus_blocks, gaps)
+    Recorded { ticks, dbus_blocks, gaps }
 }
 
 /// Besides its N ticks, the emitter's connection puts four signals on the
@@ -99,7 +109,7 @@ const LIFECYCLE_SIGNALS: u64 = 4;
 
 #[test]
 fn drop_policy_records_every_loss_as_a_gap_with_the_exact_count() {
-    let (ticks, dbus_blocks, gaps) = record(QueuePolicy::Drop);
+    let Recorded { ticks, dbus_blocks, gaps } = record(QueuePolicy::Drop);
     let distinct: BTreeSet<u64> = ticks.iter().copied().collect();
     assert_eq!(distinct.len(), ticks.len(), "no signal recorded twice");
     assert!(ticks.windows(2).all(|w| w[0] < w[1]), "bus order kept");
@@ -117,7 +127,7 @@ fn drop_policy_records_every_loss_as_a_gap_with_the_exact_count() {
 
 #[test]
 fn block_policy_loses_nothing() {
-    let (ticks, dbus_blocks, gaps) = record(QueuePolicy::Block);
+    let Recorded { ticks, dbus_blocks, gaps } = record(QueuePolicy::Block);
     assert!(gaps.is_empty(), "{gaps:?}");
     assert_eq!(dbus_blocks, N + LIFECYCLE_SIGNALS);
     assert_eq!(ticks, (0..N).collect::<Vec<_>>());

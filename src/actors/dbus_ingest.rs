@@ -119,12 +119,15 @@ fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
                 // it is recorded as a gap rather than disappearing.
                 tracing::error!(items = n, "dbus_ingest panicked while mapping; recording a gap");
                 let now = crate::codec::now_ns();
-                vec![gap_event(&Gap {
-                    reason: crate::bus::capture::GapReason::IngestFailed,
-                    dropped: Some(n as u64),
-                    first_ns: now,
-                    last_ns: now,
-                }, &act.bus)]
+                vec![gap_event(
+                    &Gap {
+                        reason: crate::bus::capture::GapReason::IngestFailed,
+                        dropped: Some(n as u64),
+                        first_ns: now,
+                        last_ns: now,
+                    },
+                    &act.bus,
+                )]
             }
         };
         let lookups = act.missing_creds(&pending);
@@ -237,13 +240,7 @@ impl DbusIngest {
             return None;
         }
         let error_name = h.error_name().map(|e| e.as_str());
-        let plugin_id = names
-            .first()
-            .map(String::as_str)
-            .or(interface)
-            .or(error_name)
-            .unwrap_or("dbus")
-            .to_string();
+        let plugin_id = names.first().map(String::as_str).or(interface).or(error_name).unwrap_or("dbus").to_string();
         let operation = match kind {
             Kind::Signal | Kind::MethodCall => match (interface, member) {
                 (Some(i), Some(m)) => format!("{i}.{m}"),
@@ -309,7 +306,9 @@ async fn lookup_creds(resolver: Option<zbus::Connection>, senders: Vec<String>) 
     let lookups = senders.into_iter().map(|s| async move {
         let name = zbus::names::BusName::try_from(s.as_str()).ok();
         let found = match name {
-            Some(n) => tokio::time::timeout(CREDS_TIMEOUT, proxy.get_connection_credentials(n)).await.ok().and_then(Result::ok),
+            Some(n) => {
+                tokio::time::timeout(CREDS_TIMEOUT, proxy.get_connection_credentials(n)).await.ok().and_then(Result::ok)
+            }
             None => None,
         };
         let creds = match found {

@@ -27,18 +27,18 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use super::cache_indexer::{self, CacheIndexer};
+use super::chain_writer::{self, ChainWriter};
 use super::dbus_ingest::DbusIngest;
+use super::edge::{edge, Outbox};
+use super::embedder::{self, Embedder};
+use super::footprinter::{self, Footprinter};
 use crate::bus::capture::{open_monitor, run_capture, CaptureConfig, CaptureQueue};
 use crate::bus::rules::Filter;
 use crate::bus::service::{open_service, run_service, ServiceParts};
 use crate::bus::OwnNames;
-use crate::config::{BusConfig, ServiceConfig};
-use super::chain_writer::{self, ChainWriter};
-use super::edge::{edge, Outbox};
-use super::embedder::{self, Embedder};
-use super::footprinter::{self, Footprinter};
 use crate::chain::{ChainStore, Layout, Recovery};
 use crate::config::VectorLevel;
+use crate::config::{BusConfig, ServiceConfig};
 use crate::index::Index;
 use crate::messages::{Committed, PipelineError, RawEvent, RawEventBatch};
 

@@ -87,8 +87,14 @@ async fn sample(c: &zbus::Connection) -> anyhow::Result<()> {
     let sd = "/org/freedesktop/systemd1";
     for (i, unit) in ["nginx.service", "sshd.service", "cron.service"].iter().enumerate() {
         let job = ObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{}", 100 + i))?;
-        c.emit_signal(None::<&str>, sd, "org.freedesktop.systemd1.Manager", "JobRemoved", &(100u32 + i as u32, job, *unit, "done"))
-            .await?;
+        c.emit_signal(
+            None::<&str>,
+            sd,
+            "org.freedesktop.systemd1.Manager",
+            "JobRemoved",
+            &(100u32 + i as u32, job, *unit, "done"),
+        )
+        .await?;
         let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
         changed.insert("ActiveState", Variant::from("active"));
         changed.insert("SubState", Variant::from("running"));
@@ -104,10 +110,22 @@ async fn sample(c: &zbus::Connection) -> anyhow::Result<()> {
         .await?;
     }
     let session = ObjectPath::try_from("/org/freedesktop/login1/session/_32")?;
-    c.emit_signal(None::<&str>, "/org/freedesktop/login1", "org.freedesktop.login1.Manager", "SessionNew", &("2", session))
-        .await?;
-    c.emit_signal(None::<&str>, "/org/freedesktop/NetworkManager", "org.freedesktop.NetworkManager", "StateChanged", &(70u32,))
-        .await?;
+    c.emit_signal(
+        None::<&str>,
+        "/org/freedesktop/login1",
+        "org.freedesktop.login1.Manager",
+        "SessionNew",
+        &("2", session),
+    )
+    .await?;
+    c.emit_signal(
+        None::<&str>,
+        "/org/freedesktop/NetworkManager",
+        "org.freedesktop.NetworkManager",
+        "StateChanged",
+        &(70u32,),
+    )
+    .await?;
     Ok(())
 }
 
@@ -115,8 +133,14 @@ const T: &str = "org.opdbus.Test";
 const P: &str = "/org/opdbus/Test";
 
 async fn types(c: &zbus::Connection) -> anyhow::Result<()> {
-    c.emit_signal(None::<&str>, P, T, "Basic", &(255u8, true, -2i16, 3u16, -4i32, 5u32, -6i64, u64::MAX, 8.5f64, "str"))
-        .await?;
+    c.emit_signal(
+        None::<&str>,
+        P,
+        T,
+        "Basic",
+        &(255u8, true, -2i16, 3u16, -4i32, 5u32, -6i64, u64::MAX, 8.5f64, "str"),
+    )
+    .await?;
     let g = Signature::try_from("a{sv}").map_err(zbus::Error::from)?;
     c.emit_signal(None::<&str>, P, T, "Names", &(ObjectPath::try_from("/a/b")?, g)).await?;
     let mut asv: HashMap<&str, Variant<'_>> = HashMap::new();

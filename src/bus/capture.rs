@@ -64,11 +64,17 @@ pub struct Gap {
 
 /// What the capture task hands DbusIngest, in bus order.
 pub enum Captured {
-    Message { msg: zbus::Message, captured_ns: i64 },
+    Message {
+        msg: zbus::Message,
+        captured_ns: i64,
+    },
     Gap(Gap),
     /// A (re)connection: the names owned at that moment, and the ordinary
     /// connection to look up senders' credentials with.
-    Connected { names: Box<Names>, resolver: zbus::Connection },
+    Connected {
+        names: Box<Names>,
+        resolver: zbus::Connection,
+    },
 }
 
 struct State {
@@ -77,6 +83,13 @@ struct State {
     messages: usize,
     bytes: usize,
     closed: bool,
+}
+
+enum Take {
+    Items(Vec<Captured>),
+    Closed,
+    Empty,
+    Linger,
 }
 
 /// Items waiting that wake a lingering consumer at once.
@@ -122,7 +135,7 @@ impl CaptureQueue {
         // a full batch is waiting; in between it lingers (see `pop_many`),
         // so a busy bus costs one wake-up per batch, not per message.
         let wake = s.items.len() == 1 || s.items.len() == WAKE_AT;
-        if s.items.len() % 4096 == 0 {
+        if s.items.len().is_multiple_of(4096) {
             record_depth(&s);
         }
         drop(s);
@@ -157,36 +170,40 @@ impl CaptureQueue {
     pub async fn pop_many(&self, max: usize, linger: Duration) -> Vec<Captured> {
         let mut lingered = false;
         loop {
-            {
-                let mut s = self.lock();
-                if !lingered && !s.closed && !s.items.is_empty() && s.items.len() < WAKE_AT {
-                    drop(s);
+            match self.take(max, !lingered) {
+                Take::Items(out) => return out,
+                Take::Closed => return Vec::new(),
+                Take::Linger => {
                     lingered = true;
                     let _ = tokio::time::timeout(linger, self.not_empty.notified()).await;
-                    continue;
                 }
-                if !s.items.is_empty() {
-                    let n = max.min(s.items.len());
-                    let mut out = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let (item, size) = s.items.pop_front().expect("n items");
-                        if let Some(size) = size {
-                            s.messages -= 1;
-                            s.bytes -= size;
-                        }
-                        out.push(item);
-                    }
-                    record_depth(&s);
-                    drop(s);
-                    self.not_full.notify_one();
-                    return out;
-                }
-                if s.closed {
-                    return Vec::new();
-                }
+                Take::Empty => self.not_empty.notified().await,
             }
-            self.not_empty.notified().await;
         }
+    }
+
+    fn take(&self, max: usize, may_linger: bool) -> Take {
+        let mut s = self.lock();
+        if s.items.is_empty() {
+            return if s.closed { Take::Closed } else { Take::Empty };
+        }
+        if may_linger && !s.closed && s.items.len() < WAKE_AT {
+            return Take::Linger;
+        }
+        let n = max.min(s.items.len());
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (item, size) = s.items.pop_front().expect("n items");
+            if let Some(size) = size {
+                s.messages -= 1;
+                s.bytes -= size;
+            }
+            out.push(item);
+        }
+        record_depth(&s);
+        drop(s);
+        self.not_full.notify_one();
+        Take::Items(out)
     }
 
     /// No more items will come; the consumer drains what is queued.
@@ -308,12 +325,7 @@ const STOP_DRAIN: Duration = Duration::from_secs(2);
 
 /// Polls the stream until it ends (false) or `stop` fires and the bus has
 /// gone quiet (true).
-async fn drain(
-    mut stream: zbus::MessageStream,
-    queue: &CaptureQueue,
-    policy: QueuePolicy,
-    stop: &Notify,
-) -> bool {
+async fn drain(mut stream: zbus::MessageStream, queue: &CaptureQueue, policy: QueuePolicy, stop: &Notify) -> bool {
     let mut overflow: Option<Gap> = None;
     // Set once `stop` fires: what the bus already sent us is still read,
     // until it has been quiet for QUIET or for at most STOP_DRAIN.

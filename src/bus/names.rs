@@ -111,10 +111,7 @@ mod tests {
     #[test]
     fn unit_from_cgroup_path() {
         assert_eq!(unit_from_cgroup("/system.slice/NetworkManager.service").as_deref(), Some("NetworkManager.service"));
-        assert_eq!(
-            unit_from_cgroup("/user.slice/user-1000.slice/session-2.scope").as_deref(),
-            Some("session-2.scope")
-        );
+        assert_eq!(unit_from_cgroup("/user.slice/user-1000.slice/session-2.scope").as_deref(), Some("session-2.scope"));
         assert_eq!(unit_from_cgroup("/"), None);
     }
 }

@@ -110,7 +110,8 @@ mod tests {
 
         cfg.method_calls = true;
         cfg.include = vec![MatchRule { interface: Some("a.B".into()), ..Default::default() }];
-        cfg.exclude = vec![MatchRule { member: Some("Noisy".into()), sender: Some("org.noisy".into()), ..Default::default() }];
+        cfg.exclude =
+            vec![MatchRule { member: Some("Noisy".into()), sender: Some("org.noisy".into()), ..Default::default() }];
         let f = Filter::new(&cfg);
         assert!(f.accepts(&meta(Kind::MethodCall, "a.B", "C", "/x"), &[]));
         assert!(!f.accepts(&meta(Kind::Signal, "a.Other", "C", "/x"), &[]));
@@ -121,8 +122,10 @@ mod tests {
 
     #[test]
     fn path_namespace_matches_the_path_and_below_only() {
-        let mut cfg = BusConfig::default();
-        cfg.include = vec![MatchRule { path_namespace: Some("/org/a".into()), ..Default::default() }];
+        let cfg = BusConfig {
+            include: vec![MatchRule { path_namespace: Some("/org/a".into()), ..Default::default() }],
+            ..Default::default()
+        };
         let f = Filter::new(&cfg);
         assert!(f.accepts(&meta(Kind::Signal, "i.I", "M", "/org/a"), &[]));
         assert!(f.accepts(&meta(Kind::Signal, "i.I", "M", "/org/a/b"), &[]));

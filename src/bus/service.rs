@@ -77,7 +77,9 @@ fn count(method: &'static str, ok: bool) {
     metrics::counter!(m::SERVICE_CALLS, "method" => method, "outcome" => if ok { "ok" } else { "error" }).increment(1);
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ChainError> + Send + 'static) -> Result<T, ChainError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ChainError> + Send + 'static,
+) -> Result<T, ChainError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ChainError::Failed(format!("worker failed: {e}")))?
 }
 
@@ -262,7 +264,11 @@ async fn caller_creds(conn: &zbus::Connection, sender: &str) -> Option<Credentia
 
 /// Connects, serves the object and owns the name (never taking it from
 /// another owner, nor letting one take it).
-pub async fn open_service(addr: &BusAddress, parts: ServiceParts, own: &OwnNames) -> Result<zbus::Connection, BusError> {
+pub async fn open_service(
+    addr: &BusAddress,
+    parts: ServiceParts,
+    own: &OwnNames,
+) -> Result<zbus::Connection, BusError> {
     let conn = connect(addr).await?;
     // Known as ours before it sends anything that the monitor could see.
     own.set("service", conn.unique_name().map(|n| n.as_str()));
@@ -271,7 +277,9 @@ pub async fn open_service(addr: &BusAddress, parts: ServiceParts, own: &OwnNames
     let reply = conn.request_name_with_flags(SERVICE_NAME, flags).await;
     match reply {
         Ok(zbus::fdo::RequestNameReply::PrimaryOwner) | Ok(zbus::fdo::RequestNameReply::AlreadyOwner) => Ok(conn),
-        Ok(other) => Err(BusError::NameTaken { name: SERVICE_NAME, bus: addr.to_string(), detail: format!("{other:?}") }),
+        Ok(other) => {
+            Err(BusError::NameTaken { name: SERVICE_NAME, bus: addr.to_string(), detail: format!("{other:?}") })
+        }
         Err(e) => Err(BusError::NameTaken { name: SERVICE_NAME, bus: addr.to_string(), detail: e.to_string() }),
     }
 }

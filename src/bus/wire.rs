@@ -185,7 +185,13 @@ impl BodyDecoder {
 
     /// Decodes `body` (which starts 8-aligned in its message, so alignment
     /// is relative to its first byte) as the arguments of `signature`.
-    pub fn decode(&mut self, body: &[u8], signature: &str, big_endian: bool, max_depth: usize) -> Result<Value, WireError> {
+    pub fn decode(
+        &mut self,
+        body: &[u8],
+        signature: &str,
+        big_endian: bool,
+        max_depth: usize,
+    ) -> Result<Value, WireError> {
         let types = match self.cache.get(signature) {
             Some(t) => t.clone(),
             None => {
@@ -302,7 +308,8 @@ impl<'a> Reader<'a> {
             Ty::Array(elem) => {
                 let len = self.u32()? as usize;
                 self.align(elem.align())?;
-                let end = self.pos.checked_add(len).filter(|&e| e <= self.b.len()).ok_or(WireError::Short(self.b.len()))?;
+                let end =
+                    self.pos.checked_add(len).filter(|&e| e <= self.b.len()).ok_or(WireError::Short(self.b.len()))?;
                 if **elem == Ty::Byte {
                     return Ok(Value::Bin(self.take(len)?.to_vec()));
                 }
@@ -318,7 +325,8 @@ impl<'a> Reader<'a> {
             Ty::Dict(k, v) => {
                 let len = self.u32()? as usize;
                 self.align(8)?;
-                let end = self.pos.checked_add(len).filter(|&e| e <= self.b.len()).ok_or(WireError::Short(self.b.len()))?;
+                let end =
+                    self.pos.checked_add(len).filter(|&e| e <= self.b.len()).ok_or(WireError::Short(self.b.len()))?;
                 let mut entries = Vec::new();
                 while self.pos < end {
                     self.align(8)?;

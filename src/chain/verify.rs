@@ -133,9 +133,9 @@ pub fn verify_range(layout: &Layout, threads: usize, from: u64, to: u64) -> Resu
                 });
             }
             start_link = (first, b.hash);
-        } else {
-            start_link = (first, ZERO_HASH);
         }
+        // From the first segment on, the chain must start at seq 0 (a missing
+        // first segment is a truncation).
     }
     let mut report = Report {
         ok: true,

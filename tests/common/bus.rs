@@ -16,7 +16,8 @@ pub struct Bus {
 
 impl Bus {
     pub fn start(dir: &Path) -> Bus {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/private-bus.sh")).arg(dir).output().unwrap();
+        let out =
+            Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/private-bus.sh")).arg(dir).output().unwrap();
         assert!(out.status.success(), "dbus-daemon did not start: {}", String::from_utf8_lossy(&out.stderr));
         let address = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let pid = std::fs::read_to_string(dir.join("bus.pid")).unwrap().trim().parse().unwrap();
@@ -56,4 +57,3 @@ impl Drop for Bus {
         self.kill();
     }
 }
-
