@@ -23,6 +23,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(bus: &Bus, state: &Path, config: &str) -> Daemon {
+        Daemon::start_args(bus, state, config, &["--no-metrics"])
+    }
+
+    fn start_args(bus: &Bus, state: &Path, config: &str, args: &[&str]) -> Daemon {
         let cfg = state.with_extension("toml");
         std::fs::write(&cfg, config).unwrap();
         let child = Command::new(BIN)
@@ -30,7 +34,8 @@ impl Daemon {
             .arg(&cfg)
             .arg("--state-dir")
             .arg(state)
-            .args(["run", "--no-metrics", "--bus", &bus.address])
+            .args(["run", "--bus", &bus.address])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -117,6 +122,15 @@ fn listen_blocks_appended(
             }
         })
     })
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Calls Head with dbus-send (from the dbus package the tests install).
@@ -331,7 +345,9 @@ impl Daemon {
 fn hostile_messages_are_recorded_and_do_not_crash_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::start(&dir.path().join("bus"));
-    let d = Daemon::start(&bus, &dir.path().join("state"), "");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start_args(&bus, &dir.path().join("state"), "", &["--metrics-listen", &listen]);
     bus.emit(&["hostile", "--big", "30000000"]);
     let blocks = d.wait_log("4 hostile signals", |b| test_signals(b).len() >= 4);
     let t = test_signals(&blocks);
@@ -349,8 +365,18 @@ fn hostile_messages_are_recorded_and_do_not_crash_the_daemon() {
     assert!(t.iter().any(|b| member(b) == "Empty" && b["data"] == serde_json::json!([])));
     let odd = t.iter().find(|b| member(b) == "Odd").unwrap();
     assert_eq!(odd["signature"], "a{oa{sa{sv}}}a(yv)");
-    // Still serving, still recording.
+    // Still serving, still recording, and saying so in its metrics.
     assert!(call_head(&bus).status.success());
+    let metrics = http_get(port, "/metrics");
+    for name in [
+        "op_dbus_bus_connected 1",
+        "op_dbus_bus_received_messages_total",
+        "op_dbus_bus_recorded_messages_total",
+        "op_dbus_bus_filtered_messages_total",
+        "op_dbus_capture_queue_depth_messages",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
+    }
     assert_eq!(common::verify_json(&d.state).0, 0);
     d.stop();
 }

@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         let addr = op_dbus::config::BusAddress::parse(&cli.bus).ok_or_else(|| anyhow::anyhow!("bad --bus"))?;
         let conn = op_dbus::bus::connect(&addr).await?;
         match cli.what {
-            What::Sample => sample(&conn).await?,
+            What::Sample => sample(&addr).await?,
             What::Types => types(&conn).await?,
             What::Names { name } => names(&conn, &name).await?,
             What::Hostile { big } => hostile(&conn, big).await?,
@@ -78,54 +78,73 @@ async fn try_own(conn: &zbus::Connection, name: &str) -> bool {
     matches!(conn.request_name_with_flags(name, flags).await, Ok(zbus::fdo::RequestNameReply::PrimaryOwner))
 }
 
-async fn sample(c: &zbus::Connection) -> anyhow::Result<()> {
-    for n in ["org.freedesktop.systemd1", "org.freedesktop.login1", "org.freedesktop.NetworkManager"] {
-        if !try_own(c, n).await {
-            eprintln!("op-dbus-emit: {n} is taken on this bus; emitting without it");
+/// One connection per service, as on a real host, so that each signal is
+/// attributed to its own well-known name.
+async fn sample(addr: &op_dbus::config::BusAddress) -> anyhow::Result<()> {
+    let service = |name: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let conn = op_dbus::bus::connect(&addr).await?;
+            if !try_own(&conn, name).await {
+                eprintln!("op-dbus-emit: {name} is taken on this bus; emitting without it");
+            }
+            anyhow::Ok(conn)
         }
-    }
+    };
+    let (sd_conn, login_conn, nm_conn) = (
+        service("org.freedesktop.systemd1").await?,
+        service("org.freedesktop.login1").await?,
+        service("org.freedesktop.NetworkManager").await?,
+    );
     let sd = "/org/freedesktop/systemd1";
     for (i, unit) in ["nginx.service", "sshd.service", "cron.service"].iter().enumerate() {
         let job = ObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{}", 100 + i))?;
-        c.emit_signal(
-            None::<&str>,
-            sd,
-            "org.freedesktop.systemd1.Manager",
-            "JobRemoved",
-            &(100u32 + i as u32, job, *unit, "done"),
-        )
-        .await?;
+        sd_conn
+            .emit_signal(
+                None::<&str>,
+                sd,
+                "org.freedesktop.systemd1.Manager",
+                "JobRemoved",
+                &(100u32 + i as u32, job, *unit, "done"),
+            )
+            .await?;
         let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
         changed.insert("ActiveState", Variant::from("active"));
         changed.insert("SubState", Variant::from("running"));
         changed.insert("ActiveEnterTimestamp", Variant::from(1_700_000_000_000_000u64 + i as u64));
         let path = format!("/org/freedesktop/systemd1/unit/{}", unit.replace('.', "_2e"));
-        c.emit_signal(
-            None::<&str>,
-            path.as_str(),
-            "org.freedesktop.DBus.Properties",
-            "PropertiesChanged",
-            &("org.freedesktop.systemd1.Unit", changed, Vec::<String>::new()),
-        )
-        .await?;
+        sd_conn
+            .emit_signal(
+                None::<&str>,
+                path.as_str(),
+                "org.freedesktop.DBus.Properties",
+                "PropertiesChanged",
+                &("org.freedesktop.systemd1.Unit", changed, Vec::<String>::new()),
+            )
+            .await?;
     }
     let session = ObjectPath::try_from("/org/freedesktop/login1/session/_32")?;
-    c.emit_signal(
-        None::<&str>,
-        "/org/freedesktop/login1",
-        "org.freedesktop.login1.Manager",
-        "SessionNew",
-        &("2", session),
-    )
-    .await?;
-    c.emit_signal(
-        None::<&str>,
-        "/org/freedesktop/NetworkManager",
-        "org.freedesktop.NetworkManager",
-        "StateChanged",
-        &(70u32,),
-    )
-    .await?;
+    login_conn
+        .emit_signal(
+            None::<&str>,
+            "/org/freedesktop/login1",
+            "org.freedesktop.login1.Manager",
+            "SessionNew",
+            &("2", session),
+        )
+        .await?;
+    nm_conn
+        .emit_signal(
+            None::<&str>,
+            "/org/freedesktop/NetworkManager",
+            "org.freedesktop.NetworkManager",
+            "StateChanged",
+            &(70u32,),
+        )
+        .await?;
+    for conn in [&sd_conn, &login_conn, &nm_conn] {
+        zbus::fdo::DBusProxy::new(conn).await?.get_id().await?;
+    }
     Ok(())
 }
 
