@@ -458,7 +458,7 @@ mod tests {
         }
 
         fn check<T: serde::Serialize + zbus::wire::DynamicType>(v: &T, sig: &str, want: &Value) {
-            for (ctxt, big) in [(Context::new_dbus(LE, 0), false), (Context::new_dbus(BE, 0), true)] {
+            for (ctxt, big) in [(Context::new(LE, 0), false), (Context::new(BE, 0), true)] {
                 let data = zbus::wire::to_bytes(ctxt, v).unwrap();
                 let got = BodyDecoder::new().decode(&data, sig, big, 64).unwrap();
                 assert_eq!(&got, want, "{sig} big-endian: {big}");
