@@ -274,6 +274,10 @@ fn run(cfg: Config) -> Result<u8, Failure> {
             vector_level = cfg.vector_level.as_str(),
             bus = %if cfg.bus.enabled { cfg.bus.address.to_string() } else { "none".into() },
             service = cfg.service.enabled,
+            storage = %{
+                let l = cfg.layout();
+                crate::storage::describe(&[&l.timing, &l.vectors, &l.cache])
+            },
             "op-dbus is recording"
         );
         if let Some(handle) = handle {
@@ -709,23 +713,6 @@ fn show(cfg: &Config, a: &ShowArgs) -> Result<u8, Failure> {
 }
 
 /// Name of the filesystem holding `path`, from statfs(2).
-pub fn filesystem_type(path: &std::path::Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return "unknown".into() };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return "unknown".into();
-    }
-    match st.f_type as u64 {
-        0x9123_683e => "btrfs".into(),
-        0xef53 => "ext4".into(),
-        0x5846_5342 => "xfs".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x794c_7630 => "overlayfs".into(),
-        other => format!("0x{other:x}"),
-    }
-}
 
 fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
     let layout = cfg.layout();
@@ -747,8 +734,8 @@ fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
         Ok(()) => None,
         Err(_) => Some(std::fs::read_to_string(&lock).unwrap_or_default().trim().to_string()),
     });
-    let fs = filesystem_type(&layout.state_dir);
-    let storage = if fs == "btrfs" { "btrfs" } else { "plain folders (not on BTRFS)" };
+    let fs = crate::storage::filesystem_type(&layout.state_dir);
+    let storage = crate::storage::describe(&[&layout.timing, &layout.vectors, &layout.cache]);
     let j = json!({
         "state_dir": layout.state_dir,
         "filesystem": fs,

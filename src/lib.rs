@@ -15,4 +15,5 @@ pub mod indexer;
 pub mod messages;
 pub mod metrics;
 pub mod query;
+pub mod storage;
 pub mod vector;

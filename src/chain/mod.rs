@@ -42,9 +42,11 @@ impl Layout {
         }
     }
 
+    /// Creates the state dir and the areas: subvolumes on BTRFS, folders otherwise.
     pub fn create_dirs(&self) -> io::Result<()> {
-        for d in [&self.state_dir, &self.timing, &self.vectors, &self.cache] {
-            fs::create_dir_all(d)?;
+        fs::create_dir_all(&self.state_dir)?;
+        for d in [&self.timing, &self.vectors, &self.cache] {
+            crate::storage::create_area(d)?;
         }
         Ok(())
     }
