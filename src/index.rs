@@ -287,6 +287,16 @@ impl Index {
     ///
     /// The map's address is not exposed by heed (LMDB reports it only for
     /// fixed maps), so it is found in /proc/self/maps by the file's path.
+    /// A consistent copy of the environment into the new folder `dir`
+    /// (`mdb_env_copy`: a read transaction, so writers go on meanwhile).
+    pub fn copy_to(&self, dir: &Path) -> Result<(), IndexError> {
+        std::fs::create_dir_all(dir).map_err(|source| IndexError::Io { path: dir.to_path_buf(), source })?;
+        self.env
+            .copy_to_path(dir.join("data.mdb"), heed::CompactionOption::Disabled)
+            .map_err(|source| IndexError::Lmdb { path: dir.to_path_buf(), source })?;
+        Ok(())
+    }
+
     pub fn release_mapped_pages(&self) {
         let Ok(file) = std::fs::canonicalize(self.path.join("data.mdb")) else { return };
         let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };

@@ -108,6 +108,15 @@ pub fn create_subvolume(path: &Path) -> io::Result<()> {
 
 /// Takes a read-only snapshot of the subvolume `source` at `dest`.
 pub fn snapshot_readonly(source: &Path, dest: &Path) -> io::Result<()> {
+    snapshot(source, dest, BTRFS_SUBVOL_RDONLY)
+}
+
+/// Takes a writable snapshot (a restore).
+pub fn snapshot_writable(source: &Path, dest: &Path) -> io::Result<()> {
+    snapshot(source, dest, 0)
+}
+
+fn snapshot(source: &Path, dest: &Path, flags: u64) -> io::Result<()> {
     let src = File::open(source)?;
     let (parent, name) = split(dest)?;
     if name.len() > BTRFS_SUBVOL_NAME_MAX {
@@ -116,7 +125,7 @@ pub fn snapshot_readonly(source: &Path, dest: &Path) -> io::Result<()> {
     let mut args = VolArgsV2 {
         fd: src.as_raw_fd() as i64,
         transid: 0,
-        flags: BTRFS_SUBVOL_RDONLY,
+        flags,
         unused: [0; 4],
         name: [0; BTRFS_SUBVOL_NAME_MAX + 1],
     };

@@ -4,6 +4,8 @@
 //! (statfs), never by trying commands and ignoring their errors.
 
 pub mod btrfs;
+pub mod retention;
+pub mod snapshot;
 
 use std::io;
 use std::path::Path;
