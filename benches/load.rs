@@ -175,7 +175,9 @@ fn steady_latency(dir: &Path, rate: u64, seconds: u64) -> (f64, f64, f64) {
     system.block_on(async {
         // The product defaults (config/op-dbus.toml).
         let defaults = op_dbus::config::Config::default();
-        let cfg = PipelineConfig { layout: Layout::new(dir, None), faults: Faults::default(), ..defaults.pipeline() };
+        let mut cfg =
+            PipelineConfig { layout: Layout::new(dir, None), faults: Faults::default(), ..defaults.pipeline() };
+        cfg.snapshot.interval = op_dbus::storage::retention::Interval::Off;
         let p = spawn_pipeline(cfg).unwrap();
         // One event per submission, paced every 1/rate s in ticks of 1 ms.
         let per_tick = (rate / 1000).max(1);

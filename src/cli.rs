@@ -421,7 +421,10 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
     let system = actix_rt::System::new();
     let outcome: anyhow::Result<(ReadOutcome, u64, Option<crate::messages::Committed>, bool)> =
         system.block_on(async move {
-            let pipeline = spawn_pipeline(cfg.pipeline())?;
+            // An import is not the daemon: it takes no snapshots.
+            let mut pc = cfg.pipeline();
+            pc.snapshot.interval = crate::storage::retention::Interval::Off;
+            let pipeline = spawn_pipeline(pc)?;
             if pipeline.recovery.cut_bytes > 0 {
                 eprintln!(
                     "op-dbus: recovered: cut {} bytes of an interrupted write at the end of the chain",

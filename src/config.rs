@@ -71,6 +71,23 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     pub bus: BusConfig,
     pub service: ServiceConfig,
+    pub snapshot: SnapshotConfig,
+}
+
+/// Snapshots (`[snapshot]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotConfig {
+    pub interval: crate::storage::retention::Interval,
+    pub retention: crate::storage::retention::Retention,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            interval: crate::storage::retention::Interval::Every(Duration::from_secs(15 * 60)),
+            retention: Default::default(),
+        }
+    }
 }
 
 /// Which bus to connect to.
@@ -230,6 +247,7 @@ impl Default for Config {
             shutdown_deadline: Duration::from_secs(30),
             bus: BusConfig::default(),
             service: ServiceConfig::default(),
+            snapshot: SnapshotConfig::default(),
         }
     }
 }
@@ -256,6 +274,18 @@ struct FileConfig {
     bus: BusSection,
     #[serde(default)]
     service: ServiceSection,
+    #[serde(default)]
+    snapshot: SnapshotSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotSection {
+    interval: Option<String>,
+    max_recent: Option<i64>,
+    hourly: Option<i64>,
+    daily: Option<i64>,
+    weekly: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -492,6 +522,7 @@ impl Config {
         }
         c.bus = bus_config(&fc.bus, &env, flags, &file_origin, &pick_int)?;
         c.service = service_config(&fc.service, &env, flags, &file_origin, &pick_int)?;
+        c.snapshot = snapshot_config(&fc.snapshot, &env, &file_origin, &pick_int)?;
         Ok(c)
     }
 
@@ -508,6 +539,7 @@ impl Config {
             vector_level: self.vector_level,
             max_data_bytes: self.max_data_bytes,
             index_sync_interval: self.index_sync_interval,
+            snapshot: self.snapshot.clone(),
             faults: Default::default(),
         }
     }
@@ -619,6 +651,42 @@ fn bus_config(
         b.reconnect_max = Duration::from_secs(int_in("bus.reconnect_max_s", v, 1, 3600)? as u64);
     }
     Ok(b)
+}
+
+fn snapshot_config(
+    f: &SnapshotSection,
+    env: &impl Fn(&str) -> Option<String>,
+    file_origin: &str,
+    pick_int: &PickInt<'_>,
+) -> Result<SnapshotConfig, ConfigError> {
+    use crate::storage::retention::Interval;
+    let mut s = SnapshotConfig::default();
+    if let Some(v) = pick_str(
+        None,
+        env("OPDBUS_SNAPSHOT_INTERVAL").map(|v| (v, "OPDBUS_SNAPSHOT_INTERVAL")),
+        f.interval.as_ref(),
+        file_origin,
+    ) {
+        s.interval = Interval::parse(&v.value).ok_or(ConfigError::Invalid {
+            key: "snapshot.interval",
+            value: v.value,
+            origin: v.origin,
+            allowed: Interval::ALLOWED.into(),
+        })?;
+    }
+    if let Some(v) = pick_int("snapshot.max_recent", None, "OPDBUS_MAX_CACHE_SNAPSHOTS", f.max_recent)? {
+        s.retention.recent = int_in("snapshot.max_recent", v, 1, 100_000)? as usize;
+    }
+    for (key, val, slot) in [
+        ("snapshot.hourly", f.hourly, &mut s.retention.hourly),
+        ("snapshot.daily", f.daily, &mut s.retention.daily),
+        ("snapshot.weekly", f.weekly, &mut s.retention.weekly),
+    ] {
+        if let Some(v) = val {
+            *slot = int_in(key, Src { value: v, origin: file_origin.to_string() }, 0, 10_000)? as usize;
+        }
+    }
+    Ok(s)
 }
 
 fn service_config(

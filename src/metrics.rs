@@ -34,6 +34,11 @@ pub const BUS_CONNECTED: &str = "op_dbus_bus_connected";
 pub const BUS_RECONNECTS: &str = "op_dbus_bus_reconnects_total";
 pub const CAPTURE_DEPTH: &str = "op_dbus_capture_queue_depth_messages";
 pub const CAPTURE_BYTES: &str = "op_dbus_capture_queue_depth_bytes";
+pub const SNAPSHOT_DURATION: &str = "op_dbus_snapshot_duration_seconds";
+pub const SNAPSHOTS_TAKEN: &str = "op_dbus_snapshots_taken_total";
+pub const SNAPSHOTS_DELETED: &str = "op_dbus_snapshots_deleted_total";
+pub const SNAPSHOT_ERRORS: &str = "op_dbus_snapshot_errors_total";
+pub const SNAPSHOTS_KEPT: &str = "op_dbus_snapshots_kept";
 pub const FEED_SIGNALS: &str = "op_dbus_feed_signals_total";
 pub const SERVICE_CALLS: &str = "op_dbus_service_calls_total";
 
@@ -80,6 +85,11 @@ pub fn describe() {
     describe_counter!(BUS_RECONNECTS, Unit::Count, "monitor reconnections after the bus went away");
     describe_gauge!(CAPTURE_DEPTH, Unit::Count, "messages waiting in the capture queue");
     describe_gauge!(CAPTURE_BYTES, Unit::Bytes, "bytes of messages waiting in the capture queue");
+    describe_histogram!(SNAPSHOT_DURATION, Unit::Seconds, "time to take one snapshot (the writer pauses meanwhile)");
+    describe_counter!(SNAPSHOTS_TAKEN, Unit::Count, "snapshots taken");
+    describe_counter!(SNAPSHOTS_DELETED, Unit::Count, "snapshots deleted by rotation");
+    describe_counter!(SNAPSHOT_ERRORS, Unit::Count, "snapshots that failed (said in the log)");
+    describe_gauge!(SNAPSHOTS_KEPT, Unit::Count, "snapshots on disk after rotation");
     describe_counter!(FEED_SIGNALS, Unit::Count, "BlocksAppended signals emitted");
     describe_counter!(SERVICE_CALLS, Unit::Count, "org.opdbus.Chain1 method calls, by method and outcome");
 }

@@ -43,6 +43,10 @@ fn record(policy: QueuePolicy) -> Recorded {
         vector_level: VectorLevel::Heuristic,
         max_data_bytes: 1 << 20,
         index_sync_interval: Duration::from_millis(100),
+        snapshot: op_dbus::config::SnapshotConfig {
+            interval: op_dbus::storage::retention::Interval::Off,
+            ..Default::default()
+        },
         faults: Faults { commit_delay: Some(Duration::from_millis(20)), ..Default::default() },
     };
     let bus_cfg = BusConfig {

@@ -27,6 +27,7 @@ use super::{count_restart, delivered, pull, Delivery, Stage};
 use crate::chain::{reader, Appended, ChainStore, Record};
 use crate::messages::{Ack, CommittedBlocks, PipelineError, RecordBatch};
 use crate::metrics as m;
+use crate::storage::snapshot::{self, SnapshotMeta};
 
 /// Batches waiting for the ChainWriter. Larger than the others so that a
 /// commit's fdatasync has a full default `max_batch` (8 import batches of
@@ -53,6 +54,8 @@ pub struct ChainWriter {
     commit_delay: Option<Duration>,
     /// Told once the input is closed and everything is durable.
     done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// For snapshots off BTRFS (a consistent copy of the LMDB index).
+    index: Option<crate::index::Index>,
 }
 
 impl ChainWriter {
@@ -78,7 +81,14 @@ impl ChainWriter {
             closed: false,
             commit_delay: None,
             done: None,
+            index: None,
         }
+    }
+
+    /// The index to copy into snapshots taken off BTRFS.
+    pub fn with_index(mut self, index: crate::index::Index) -> Self {
+        self.index = Some(index);
+        self
     }
 
     /// Reports to `done` once the input is closed and everything is durable.
@@ -114,6 +124,38 @@ impl Actor for ChainWriter {
                 }
             }
         });
+    }
+}
+
+/// Command: take a snapshot now, at this commit boundary. Answered with
+/// `None` when there is nothing new since `unless_head` (or the chain is
+/// empty), an error when a failed commit is being retried (not a boundary).
+#[derive(Message)]
+#[rtype(result = "Result<Option<SnapshotMeta>, String>")]
+pub struct TakeSnapshot {
+    pub unless_head: Option<u64>,
+}
+
+impl Handler<TakeSnapshot> for ChainWriter {
+    type Result = Result<Option<SnapshotMeta>, String>;
+
+    /// Runs between two commits: commits are synchronous inside the pull
+    /// loop's handler, so a message is only ever handled at a boundary.
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        if !self.pending.is_empty() {
+            return Err("a failed commit is being retried; not at a commit boundary".into());
+        }
+        let head = self.store.head();
+        let Some(last) = head.next_seq.checked_sub(1) else { return Ok(None) };
+        if msg.unless_head == Some(last) {
+            return Ok(None);
+        }
+        let start = Instant::now();
+        let layout = self.store.layout().clone();
+        let meta = snapshot::take(&layout, &head, crate::codec::now_ns(), self.index.as_ref())
+            .map_err(|e| format!("snapshot failed: {e}"))?;
+        metrics::histogram!(m::SNAPSHOT_DURATION).record(start.elapsed().as_secs_f64());
+        Ok(Some(meta))
     }
 }
 

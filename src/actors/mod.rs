@@ -15,6 +15,7 @@ pub mod edge;
 pub mod embedder;
 pub mod footprinter;
 pub mod pipeline;
+pub mod snapshotter;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

@@ -32,6 +32,7 @@ use super::dbus_ingest::DbusIngest;
 use super::edge::{edge, Outbox};
 use super::embedder::{self, Embedder};
 use super::footprinter::{self, Footprinter};
+use super::snapshotter::{self, SnapshotNow, Snapshotter};
 use crate::bus::capture::{open_monitor, run_capture, CaptureConfig, CaptureQueue};
 use crate::bus::rules::Filter;
 use crate::bus::service::{open_service, run_service, ServiceParts};
@@ -41,6 +42,8 @@ use crate::config::VectorLevel;
 use crate::config::{BusConfig, ServiceConfig};
 use crate::index::Index;
 use crate::messages::{Committed, PipelineError, RawEvent, RawEventBatch};
+use crate::storage::retention::Interval;
+use crate::storage::snapshot::SnapshotMeta;
 
 /// Progress shared with the health endpoint, `status` and the D-Bus feed.
 #[derive(Debug)]
@@ -97,6 +100,7 @@ pub struct PipelineConfig {
     pub vector_level: VectorLevel,
     pub max_data_bytes: usize,
     pub index_sync_interval: Duration,
+    pub snapshot: crate::config::SnapshotConfig,
     pub faults: Faults,
 }
 
@@ -108,6 +112,7 @@ struct Supervised {
     _embedder: Addr<Embedder>,
     _chain_writer: Addr<ChainWriter>,
     _cache_indexer: Addr<CacheIndexer>,
+    snapshotter: Addr<Snapshotter>,
 }
 
 pub struct Pipeline {
@@ -126,6 +131,8 @@ pub struct Pipeline {
     pub index: Index,
     layout: Layout,
     bus: Option<BusParts>,
+    /// Take a snapshot when shutting down (snapshots are on).
+    final_snapshot: bool,
     _lock: Locks,
 }
 
@@ -273,7 +280,15 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let (done_tx, index_done) = oneshot::channel();
     let (writer_done_tx, writer_done) = oneshot::channel();
 
-    let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
+    let per_op = cfg.snapshot.interval == Interval::PerOp;
+    let (snap_tx, snap_rx) = if per_op {
+        let (tx, rx) = edge("chain_writer->snapshotter", snapshotter::INBOX_CAPACITY);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let arbiters: Vec<Arbiter> = (0..5).map(|_| Arbiter::new()).collect();
+    let writer_index = index.clone();
     let cache_indexer = {
         let (layout, health, sync, fail) =
             (cfg.layout.clone(), health.clone(), cfg.index_sync_interval, cfg.faults.index_batch);
@@ -284,15 +299,24 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let chain_writer = {
         let (health, max_batch, max_wait, delay) =
             (health.clone(), cfg.max_batch, cfg.max_wait, cfg.faults.commit_delay);
+        let subscribers: Vec<_> = std::iter::once(index_tx).chain(snap_tx).collect();
         Supervisor::start_in_arbiter(&arbiters[2].handle(), move |_| {
-            ChainWriter::new(chain_rx, store, vec![index_tx], max_batch, max_wait, health)
+            ChainWriter::new(chain_rx, store, subscribers, max_batch, max_wait, health)
                 .with_commit_delay(delay)
                 .with_done(writer_done_tx)
+                .with_index(writer_index)
         })
     };
     let level = cfg.vector_level;
     let embedder =
         Supervisor::start_in_arbiter(&arbiters[1].handle(), move |_| Embedder::new(embed_rx, chain_tx, level));
+    let snapshotter = {
+        let (writer, source, layout, snap) =
+            (chain_writer.clone(), source_tx.clone(), cfg.layout.clone(), cfg.snapshot.clone());
+        Supervisor::start_in_arbiter(&arbiters[4].handle(), move |_| {
+            Snapshotter::new(writer, source, snap_rx, layout, snap.interval, snap.retention, Box::new(Vec::new))
+        })
+    };
     let max_data = cfg.max_data_bytes;
     let footprinter =
         Supervisor::start_in_arbiter(&arbiters[0].handle(), move |_| Footprinter::new(source_rx, embed_tx, max_data));
@@ -304,7 +328,9 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
             _embedder: embedder,
             _chain_writer: chain_writer,
             _cache_indexer: cache_indexer,
+            snapshotter,
         },
+        final_snapshot: cfg.snapshot.interval != Interval::Off,
         writer_done,
         index_done,
         arbiters,
@@ -318,6 +344,11 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
 }
 
 impl Pipeline {
+    /// Takes a snapshot now (at the next commit boundary) and records it.
+    pub async fn snapshot_now(&self) -> Result<Option<SnapshotMeta>, String> {
+        self._actors.snapshotter.send(SnapshotNow { last: false }).await.map_err(|e| e.to_string())?
+    }
+
     /// The source end, for producers on other threads or tasks. Every
     /// clone must be dropped before [`shutdown`](Self::shutdown) can finish.
     pub fn source(&self) -> Outbox<RawEventBatch> {
@@ -348,8 +379,18 @@ impl Pipeline {
                 stop.notify_one();
             }
         }
-        self.source = None;
         let end = tokio::time::Instant::now() + deadline;
+        // The final snapshot: everything submitted before the stop is in it
+        // (the bus capture has stopped reading; Submit no longer accepts).
+        // The Snapshotter lets go of its source either way.
+        let last = self._actors.snapshotter.send(SnapshotNow { last: true });
+        match tokio::time::timeout_at(end, last).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) if self.final_snapshot => tracing::error!(error = %e, "the final snapshot failed"),
+            Ok(_) => {}
+            Err(_) => tracing::error!("the final snapshot did not finish before the deadline"),
+        }
+        self.source = None;
         let durable = tokio::time::timeout_at(end, &mut self.writer_done).await;
         let indexed = match durable {
             Ok(Ok(())) => tokio::time::timeout_at(end, &mut self.index_done).await.ok().and_then(Result::ok),

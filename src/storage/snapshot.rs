@@ -204,7 +204,10 @@ pub fn restore(layout: &Layout, name: &str, to: &Path) -> io::Result<()> {
     for area in ["@timing", "@vectors", "@cache"] {
         let src = dir.join(area);
         let dest = to.join(area);
-        if btrfs::is_subvolume(&src) && super::filesystem_type(to) == "btrfs" && btrfs::snapshot_writable(&src, &dest).is_ok() {
+        if btrfs::is_subvolume(&src)
+            && super::filesystem_type(to) == "btrfs"
+            && btrfs::snapshot_writable(&src, &dest).is_ok()
+        {
             continue;
         }
         copy_tree(&src, &dest)?;
