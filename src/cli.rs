@@ -64,6 +64,40 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Print the D-Bus policy for org.opdbus (install it as /etc/dbus-1/system.d/org.opdbus.conf).
     DbusPolicy,
+    /// List, verify or restore snapshots.
+    #[command(subcommand)]
+    Snapshots(SnapshotsCmd),
+    /// Take a snapshot now (through the running daemon if there is one).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsCmd {
+    /// Every snapshot, oldest first.
+    List(JsonArg),
+    /// Prove a snapshot's chain (or every snapshot's) matches the live chain up to its head.
+    Verify {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot as a new state dir.
+    Restore {
+        name: String,
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Take a snapshot now.
+    Now {
+        /// Bus the running daemon serves on [default: service.address, else bus.address]
+        #[arg(long)]
+        bus: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +256,10 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Status(a) => status(&existing(load_config(&cli.global, Overrides::default())?)?, a.json),
         Command::Reindex => reindex(&existing(load_config(&cli.global, Overrides::default())?)?),
         Command::Submit(a) => submit(&load_config(&cli.global, Overrides::default())?, &a),
+        Command::Snapshots(c) => snapshots_cmd(&existing(load_config(&cli.global, Overrides::default())?)?, c),
+        Command::Snapshot(SnapshotCmd::Now { bus }) => {
+            snapshot_now(&existing(load_config(&cli.global, Overrides::default())?)?, bus.as_deref())
+        }
         Command::DbusPolicy => {
             let cfg = load_config(&cli.global, Overrides::default())?;
             print!("{}", crate::bus::policy::render(&cfg.service));
@@ -313,6 +351,125 @@ fn run(cfg: Config) -> Result<u8, Failure> {
     });
     result?;
     Ok(0)
+}
+
+fn snapshots_cmd(cfg: &Config, c: SnapshotsCmd) -> Result<u8, Failure> {
+    use crate::storage::snapshot;
+    let layout = cfg.layout();
+    match c {
+        SnapshotsCmd::List(a) => {
+            let all = snapshot::list(&layout);
+            if a.json {
+                for s in &all {
+                    println!("{}", serde_json::to_string(s).map_err(anyhow::Error::from)?);
+                }
+            } else {
+                for s in &all {
+                    let uuids: Vec<String> = s.areas.iter().filter_map(|a| a.uuid.clone()).collect();
+                    println!(
+                        "{}  {}  head seq {}  {}{}",
+                        s.name,
+                        s.kind,
+                        s.head_seq,
+                        &s.head_hash[..16],
+                        if uuids.is_empty() { String::new() } else { format!("  {}", uuids.join(" ")) }
+                    );
+                }
+                if all.is_empty() {
+                    println!("no snapshots in {}", snapshot::snapshots_dir(&layout).display());
+                }
+            }
+            Ok(0)
+        }
+        SnapshotsCmd::Verify { name, json } => {
+            let all = snapshot::list(&layout);
+            let chosen: Vec<_> = match &name {
+                Some(n) => all.into_iter().filter(|s| &s.name == n).collect(),
+                None => all,
+            };
+            if let (Some(n), true) = (&name, chosen.is_empty()) {
+                return Err(usage(anyhow::anyhow!("no snapshot named {n}; see `op-dbus snapshots list`")));
+            }
+            let index = open_index(&layout);
+            let mut bad = 0;
+            for s in &chosen {
+                let problem = crate::storage::verify_snapshot(&layout, index.as_ref(), s);
+                if problem.is_some() {
+                    bad += 1;
+                }
+                if json {
+                    println!("{}", json!({"name": s.name, "ok": problem.is_none(), "problem": problem}));
+                } else {
+                    match &problem {
+                        None => println!("ok: {} matches the live chain up to seq {}", s.name, s.head_seq),
+                        Some(p) => println!("FAILED: {}: {p}", s.name),
+                    }
+                }
+            }
+            Ok(if bad == 0 { 0 } else { EXIT_PROBLEM })
+        }
+        SnapshotsCmd::Restore { name, to } => {
+            snapshot::restore(&layout, &name, &to)
+                .with_context(|| format!("cannot restore snapshot {name} to {}", to.display()))?;
+            println!(
+                "restored {name} to {}; verify it with: op-dbus --state-dir {} verify",
+                to.display(),
+                to.display()
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Through the running daemon's `Snapshot` method when it holds the state
+/// dir; otherwise in this process (the writer's lock taken, the snapshot
+/// recorded in the chain like the daemon's).
+fn snapshot_now(cfg: &Config, bus: Option<&str>) -> Result<u8, Failure> {
+    let layout = cfg.layout();
+    let print = |m: &crate::storage::snapshot::SnapshotMeta| println!("{}", m.name);
+    match lock_state_dir(&layout) {
+        Ok(lock) => {
+            drop(lock);
+            let system = actix_rt::System::new();
+            let r: anyhow::Result<Option<crate::storage::snapshot::SnapshotMeta>> = system.block_on(async {
+                let mut pc = cfg.pipeline();
+                pc.snapshot.interval = crate::storage::retention::Interval::Off;
+                let p = spawn_pipeline(pc)?;
+                let r = p.snapshot_now().await.map_err(|e| anyhow::anyhow!(e));
+                p.shutdown(cfg.shutdown_deadline).await?;
+                r
+            });
+            match r? {
+                Some(m) => print(&m),
+                None => println!("nothing new since the last snapshot (or the chain is empty)"),
+            }
+            Ok(0)
+        }
+        Err(_) => {
+            let addr = match bus {
+                Some(b) => crate::config::BusAddress::parse(b).ok_or_else(|| {
+                    usage(anyhow::anyhow!("invalid --bus {b:?}: allowed: {}", crate::config::BusAddress::ALLOWED))
+                })?,
+                None => cfg.service.address.clone().unwrap_or_else(|| cfg.bus.address.clone()),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+            let name: String = rt.block_on(async {
+                let conn = crate::bus::connect(&addr).await?;
+                let reply = conn
+                    .call_method(
+                        Some(crate::bus::SERVICE_NAME),
+                        crate::bus::SERVICE_PATH,
+                        Some(crate::bus::SERVICE_INTERFACE),
+                        "Snapshot",
+                        &(),
+                    )
+                    .await?;
+                anyhow::Ok(reply.body().deserialize::<String>()?)
+            })?;
+            println!("{}", if name.is_empty() { "nothing new since the last snapshot".into() } else { name });
+            Ok(0)
+        }
+    }
 }
 
 /// Monitors receive the file descriptors of the messages they see, held

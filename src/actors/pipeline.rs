@@ -207,6 +207,7 @@ pub async fn attach_bus(
             health: p.health.clone(),
             source: parts.service_source.clone(),
             limits,
+            snapshotter: p._actors.snapshotter.clone(),
         };
         let conn = open_service(&addr, sp.clone(), &own).await?;
         let stop = Arc::new(Notify::new());

@@ -8,6 +8,7 @@
 //! | `Query(x since, x until, s plugin, s operation, u limit) -> a(tsxsss)` | | (seq, hash, captured_ns, plugin, operation, path) of the most recent `limit` matches, oldest first; 0 / "" mean "any"; `limit` 0 means 100, at most 10000 |
 //! | `Verify(t from_seq, t to_seq) -> (b ok, t blocks, s problem)` | | recomputes hashes and links over the range |
 //! | `Submit(s plugin_id, s operation, s data_json) -> t seq` | | appends a `submit` footprint; replies once it is durable |
+//! | `Snapshot() -> s name` | | takes a snapshot now (root only); "" when nothing is new |
 //! | signal `BlocksAppended(t first_seq, t last_seq, s head_hash)` | | new durable blocks, coalesced to at most `service.signal_rate` per second |
 //!
 //! Errors are `org.opdbus.Error.{NotFound, InvalidArgument, Unavailable,
@@ -60,6 +61,7 @@ pub struct ServiceParts {
     /// Taken away at shutdown, so that the pipeline can drain.
     pub source: Arc<Mutex<Option<Outbox<RawEventBatch>>>>,
     pub limits: Limits,
+    pub snapshotter: actix::Addr<crate::actors::snapshotter::Snapshotter>,
 }
 
 pub struct ChainService {
@@ -197,6 +199,20 @@ impl ChainService {
     ) -> Result<u64, ChainError> {
         let r = self.submit_inner(plugin_id, operation, data_json, hdr, conn).await;
         count("Submit", r.is_ok());
+        r
+    }
+
+    /// Takes a snapshot now; returns its name, or "" if nothing is new.
+    async fn snapshot(&self) -> Result<String, ChainError> {
+        let r = self
+            .parts
+            .snapshotter
+            .send(crate::actors::snapshotter::SnapshotNow { last: false })
+            .await
+            .map_err(|_| ChainError::Unavailable("op-dbus is stopping".into()))
+            .and_then(|r| r.map_err(ChainError::Failed))
+            .map(|m| m.map(|m| m.name).unwrap_or_default());
+        count("Snapshot", r.is_ok());
         r
     }
 

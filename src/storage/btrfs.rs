@@ -89,7 +89,8 @@ fn split(path: &Path) -> io::Result<(File, &[u8])> {
 
 fn ioctl<T>(fd: &File, request: u64, arg: &mut T) -> io::Result<()> {
     // SAFETY: `arg` is a #[repr(C)] struct of the size encoded in `request`.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg as *mut T) } != 0 {
+    // Some btrfs ioctls return a positive value on success (GET_SUBVOL_INFO: 1).
+    if unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg as *mut T) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -62,3 +62,60 @@ pub fn describe(areas: &[&Path]) -> String {
         format!("btrfs, but {} are plain folders made before op-dbus used subvolumes", plain.join(", "))
     }
 }
+
+/// Checks a snapshot against itself and the live chain: its chain
+/// verifies and ends at the head it claims, the live chain has the same
+/// block (same hash) at that seq (by the hash links, the whole prefix is
+/// then the same), and on BTRFS its subvolumes are the ones recorded.
+/// `None` if sound, else what is wrong.
+pub fn verify_snapshot(
+    live: &crate::chain::Layout,
+    index: Option<&crate::index::Index>,
+    s: &snapshot::SnapshotMeta,
+) -> Option<String> {
+    let dir = snapshot::path_of(live, &s.name);
+    let snap = crate::chain::Layout::new(&dir, None);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = match crate::chain::verify::verify(&snap, threads) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("cannot read the snapshot's chain: {e}")),
+    };
+    if let Some(f) = report.fault {
+        return Some(format!("its chain fails at seq {}: {} ({})", f.seq, f.kind.describe(), f.detail));
+    }
+    if report.head_seq != Some(s.head_seq) || report.head_hash.as_deref() != Some(s.head_hash.as_str()) {
+        return Some(format!(
+            "its chain ends at seq {:?} hash {:?}, but it was taken at seq {} hash {}",
+            report.head_seq, report.head_hash, s.head_seq, s.head_hash
+        ));
+    }
+    match crate::query::by_seq(live, index, s.head_seq) {
+        Ok(Some(b)) if crate::codec::hex(&b.hash) == s.head_hash => {}
+        Ok(Some(b)) => {
+            return Some(format!(
+                "the live chain has hash {} at seq {}, the snapshot {}",
+                crate::codec::hex(&b.hash),
+                s.head_seq,
+                s.head_hash
+            ))
+        }
+        Ok(None) => return Some(format!("the live chain has no seq {}", s.head_seq)),
+        Err(e) => return Some(format!("cannot read the live chain: {e}")),
+    }
+    for a in &s.areas {
+        if let Some(uuid) = &a.uuid {
+            match btrfs::subvolume_info(&dir.join(&a.area)) {
+                Ok(info) if &btrfs::SubvolInfo::uuid_string(&info.uuid) == uuid => {}
+                Ok(info) => {
+                    return Some(format!(
+                        "{} is subvolume {}, not the {uuid} that was recorded",
+                        a.area,
+                        btrfs::SubvolInfo::uuid_string(&info.uuid)
+                    ))
+                }
+                Err(e) => return Some(format!("{}: {e}", a.area)),
+            }
+        }
+    }
+    None
+}
