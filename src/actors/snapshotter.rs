@@ -57,7 +57,8 @@ impl Snapshotter {
         retention: Retention,
         protected: Box<dyn Fn() -> Vec<String> + Send>,
     ) -> Self {
-        let last_head = snapshot::list(&layout).last().map(|s| s.head_seq);
+        snapshot::remove_incomplete(&layout);
+        let last_head = snapshot::list(&layout).last().map(|s| covered_up_to(&layout, s.head_seq));
         Snapshotter {
             writer,
             source: Some(source),
@@ -199,23 +200,35 @@ fn take_and_record(
             async move {
                 let meta = meta?;
                 let Some(meta) = meta else { return Ok(None) };
-                let Some(source) = source else { return Ok(Some(meta)) };
+                let Some(source) = source else {
+                    let head = meta.head_seq;
+                    return Ok(Some((meta, head)));
+                };
                 let (ack, rx) = tokio::sync::oneshot::channel();
                 source
                     .send(RawEventBatch { events: vec![snapshot_record(&meta)], ack: Some(ack) })
                     .await
                     .map_err(|e| e.to_string())?;
                 drop(source);
-                rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-                Ok(Some(meta))
+                let record = rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+                // Covered: the snapshot's blocks, and its own record when
+                // nothing else was appended in between (a record alone is
+                // not worth the next snapshot).
+                let covered = if record.first_seq == meta.head_seq + 1 { record.last_seq } else { meta.head_seq };
+                Ok(Some((meta, covered)))
             }
             .into_actor(act)
         })
-        .map(move |r: Result<Option<SnapshotMeta>, String>, act, _| {
+        .map(move |r: Result<Option<(SnapshotMeta, u64)>, String>, act, _| {
             act.busy = false;
+            let r = r.map(|o| {
+                o.map(|(meta, covered)| {
+                    act.last_head = Some(covered);
+                    meta
+                })
+            });
             match &r {
                 Ok(Some(meta)) => {
-                    act.last_head = Some(meta.head_seq);
                     metrics::counter!(m::SNAPSHOTS_TAKEN).increment(1);
                     tracing::info!(snapshot = %meta.name, kind = %meta.kind, reason, "snapshot taken");
                     act.rotate();
@@ -228,6 +241,15 @@ fn take_and_record(
             }
             r
         })
+}
+
+/// How far a snapshot taken at `head` covers the chain: through its own
+/// record when that record directly follows it.
+fn covered_up_to(layout: &Layout, head: u64) -> u64 {
+    match crate::query::by_seq(layout, None, head + 1) {
+        Ok(Some(b)) if b.body.footprint.operation == SNAPSHOT_OPERATION => head + 1,
+        _ => head,
+    }
 }
 
 /// The chain's record of a snapshot: `internal`, plugin `org.opdbus`,

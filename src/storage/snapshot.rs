@@ -175,6 +175,22 @@ pub fn list(layout: &Layout) -> Vec<SnapshotMeta> {
     out
 }
 
+/// Removes snapshots that were being taken when the process died (a
+/// folder without `snapshot.json`): they were never recorded.
+pub fn remove_incomplete(layout: &Layout) {
+    let Ok(entries) = fs::read_dir(snapshots_dir(layout)) else { return };
+    for e in entries.flatten() {
+        if e.path().is_dir() && !e.path().join(META).exists() {
+            match remove(&e.path()) {
+                Ok(()) => tracing::warn!(path = %e.path().display(), "removed an unfinished snapshot"),
+                Err(err) => {
+                    tracing::error!(path = %e.path().display(), error = %err, "cannot remove an unfinished snapshot")
+                }
+            }
+        }
+    }
+}
+
 pub fn path_of(layout: &Layout, name: &str) -> PathBuf {
     snapshots_dir(layout).join(name)
 }
