@@ -70,6 +70,12 @@ pub enum Command {
     /// Take a snapshot now (through the running daemon if there is one).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Send the newest snapshot to each replica that lacks it (one pass).
+    Replicate {
+        /// Only this replica
+        #[arg(long)]
+        replica: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +266,9 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Snapshot(SnapshotCmd::Now { bus }) => {
             snapshot_now(&existing(load_config(&cli.global, Overrides::default())?)?, bus.as_deref())
         }
+        Command::Replicate { replica } => {
+            replicate_cmd(&existing(load_config(&cli.global, Overrides::default())?)?, replica.as_deref())
+        }
         Command::DbusPolicy => {
             let cfg = load_config(&cli.global, Overrides::default())?;
             print!("{}", crate::bus::policy::render(&cfg.service));
@@ -419,6 +428,34 @@ fn snapshots_cmd(cfg: &Config, c: SnapshotsCmd) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+fn replicate_cmd(cfg: &Config, only: Option<&str>) -> Result<u8, Failure> {
+    if cfg.replicas.is_empty() {
+        return Err(usage(anyhow::anyhow!("no [[replica]] in the configuration")));
+    }
+    if let Some(n) = only {
+        if !cfg.replicas.iter().any(|r| r.name == n) {
+            return Err(usage(anyhow::anyhow!("no replica named {n:?} in the configuration")));
+        }
+    }
+    let mut failed = 0;
+    for (name, r) in crate::storage::replicate::pass(&cfg.layout(), &cfg.replicas, only) {
+        match r {
+            Ok(Some(s)) => println!(
+                "{name}: sent {} ({}, {} bytes)",
+                s.snapshot,
+                if s.incremental { "incremental" } else { "full" },
+                s.bytes
+            ),
+            Ok(None) => println!("{name}: up to date"),
+            Err(e) => {
+                failed += 1;
+                println!("{name}: FAILED: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { EXIT_FAILURE })
 }
 
 /// Through the running daemon's `Snapshot` method when it holds the state

@@ -72,6 +72,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub service: ServiceConfig,
     pub snapshot: SnapshotConfig,
+    pub replicas: Vec<crate::storage::replicate::ReplicaConfig>,
 }
 
 /// Snapshots (`[snapshot]`).
@@ -248,6 +249,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             service: ServiceConfig::default(),
             snapshot: SnapshotConfig::default(),
+            replicas: Vec::new(),
         }
     }
 }
@@ -276,6 +278,8 @@ struct FileConfig {
     service: ServiceSection,
     #[serde(default)]
     snapshot: SnapshotSection,
+    #[serde(default)]
+    replica: Vec<crate::storage::replicate::ReplicaConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -523,6 +527,26 @@ impl Config {
         c.bus = bus_config(&fc.bus, &env, flags, &file_origin, &pick_int)?;
         c.service = service_config(&fc.service, &env, flags, &file_origin, &pick_int)?;
         c.snapshot = snapshot_config(&fc.snapshot, &env, &file_origin, &pick_int)?;
+        for r in &fc.replica {
+            let ok_source = r.dir.is_some() != r.command.as_ref().is_some_and(|c| !c.is_empty())
+                && r.command.as_ref().is_none_or(|c| !c.is_empty());
+            let bad = |allowed: &str| ConfigError::Invalid {
+                key: "replica",
+                value: r.name.clone(),
+                origin: file_origin.clone(),
+                allowed: allowed.into(),
+            };
+            if r.name.is_empty() || r.name.len() > 64 || r.name.chars().any(char::is_control) {
+                return Err(bad("a name of 1 to 64 characters"));
+            }
+            if !ok_source {
+                return Err(bad("exactly one of dir (a folder on BTRFS) or command (a non-empty argument list)"));
+            }
+            if fc.replica.iter().filter(|o| o.name == r.name).count() > 1 {
+                return Err(bad("a name no other replica has"));
+            }
+        }
+        c.replicas = fc.replica.clone();
         Ok(c)
     }
 
@@ -540,6 +564,7 @@ impl Config {
             max_data_bytes: self.max_data_bytes,
             index_sync_interval: self.index_sync_interval,
             snapshot: self.snapshot.clone(),
+            replicas: self.replicas.clone(),
             faults: Default::default(),
         }
     }

@@ -39,6 +39,10 @@ pub const SNAPSHOTS_TAKEN: &str = "op_dbus_snapshots_taken_total";
 pub const SNAPSHOTS_DELETED: &str = "op_dbus_snapshots_deleted_total";
 pub const SNAPSHOT_ERRORS: &str = "op_dbus_snapshot_errors_total";
 pub const SNAPSHOTS_KEPT: &str = "op_dbus_snapshots_kept";
+pub const REPLICATION_LAG_RECORDS: &str = "op_dbus_replication_lag_records";
+pub const REPLICATION_LAG_SECONDS: &str = "op_dbus_replication_lag_seconds";
+pub const REPLICATION_BYTES: &str = "op_dbus_replication_sent_bytes_total";
+pub const REPLICATION_ERRORS: &str = "op_dbus_replication_errors_total";
 pub const FEED_SIGNALS: &str = "op_dbus_feed_signals_total";
 pub const SERVICE_CALLS: &str = "op_dbus_service_calls_total";
 
@@ -90,6 +94,14 @@ pub fn describe() {
     describe_counter!(SNAPSHOTS_DELETED, Unit::Count, "snapshots deleted by rotation");
     describe_counter!(SNAPSHOT_ERRORS, Unit::Count, "snapshots that failed (said in the log)");
     describe_gauge!(SNAPSHOTS_KEPT, Unit::Count, "snapshots on disk after rotation");
+    describe_gauge!(REPLICATION_LAG_RECORDS, Unit::Count, "durable blocks a replica does not have yet");
+    describe_gauge!(
+        REPLICATION_LAG_SECONDS,
+        Unit::Seconds,
+        "age of the newest data a lagging replica has (0 when current)"
+    );
+    describe_counter!(REPLICATION_BYTES, Unit::Bytes, "send-stream bytes delivered to a replica");
+    describe_counter!(REPLICATION_ERRORS, Unit::Count, "replication attempts that failed (retried with backoff)");
     describe_counter!(FEED_SIGNALS, Unit::Count, "BlocksAppended signals emitted");
     describe_counter!(SERVICE_CALLS, Unit::Count, "org.opdbus.Chain1 method calls, by method and outcome");
 }

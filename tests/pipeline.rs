@@ -22,6 +22,7 @@ fn config(dir: &std::path::Path, faults: Faults) -> PipelineConfig {
         vector_level: VectorLevel::Heuristic,
         max_data_bytes: 1 << 20,
         index_sync_interval: Duration::from_millis(100),
+        replicas: Vec::new(),
         snapshot: op_dbus::config::SnapshotConfig {
             interval: op_dbus::storage::retention::Interval::Off,
             ..Default::default()

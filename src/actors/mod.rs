@@ -15,6 +15,7 @@ pub mod edge;
 pub mod embedder;
 pub mod footprinter;
 pub mod pipeline;
+pub mod replicator;
 pub mod snapshotter;
 
 use std::future::Future;

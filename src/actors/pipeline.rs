@@ -101,6 +101,7 @@ pub struct PipelineConfig {
     pub max_data_bytes: usize,
     pub index_sync_interval: Duration,
     pub snapshot: crate::config::SnapshotConfig,
+    pub replicas: Vec<crate::storage::replicate::ReplicaConfig>,
     pub faults: Faults,
 }
 
@@ -113,6 +114,7 @@ struct Supervised {
     _chain_writer: Addr<ChainWriter>,
     _cache_indexer: Addr<CacheIndexer>,
     snapshotter: Addr<Snapshotter>,
+    _replicator: Option<Addr<super::replicator::Replicator>>,
 }
 
 pub struct Pipeline {
@@ -288,7 +290,7 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     } else {
         (None, None)
     };
-    let arbiters: Vec<Arbiter> = (0..5).map(|_| Arbiter::new()).collect();
+    let arbiters: Vec<Arbiter> = (0..6).map(|_| Arbiter::new()).collect();
     let writer_index = index.clone();
     let cache_indexer = {
         let (layout, health, sync, fail) =
@@ -315,9 +317,17 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
         let (writer, source, layout, snap) =
             (chain_writer.clone(), source_tx.clone(), cfg.layout.clone(), cfg.snapshot.clone());
         Supervisor::start_in_arbiter(&arbiters[4].handle(), move |_| {
-            Snapshotter::new(writer, source, snap_rx, layout, snap.interval, snap.retention, Box::new(Vec::new))
+            let protected_layout = layout.clone();
+            let protected = Box::new(move || crate::storage::replicate::protected(&protected_layout));
+            Snapshotter::new(writer, source, snap_rx, layout, snap.interval, snap.retention, protected)
         })
     };
+    let replicator = (!cfg.replicas.is_empty()).then(|| {
+        let (layout, replicas, health) = (cfg.layout.clone(), cfg.replicas.clone(), health.clone());
+        Supervisor::start_in_arbiter(&arbiters[5].handle(), move |_| {
+            super::replicator::Replicator::new(layout, replicas, health)
+        })
+    });
     let max_data = cfg.max_data_bytes;
     let footprinter =
         Supervisor::start_in_arbiter(&arbiters[0].handle(), move |_| Footprinter::new(source_rx, embed_tx, max_data));
@@ -330,6 +340,7 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
             _chain_writer: chain_writer,
             _cache_indexer: cache_indexer,
             snapshotter,
+            _replicator: replicator,
         },
         final_snapshot: cfg.snapshot.interval != Interval::Off,
         writer_done,

@@ -4,6 +4,7 @@
 //! (statfs), never by trying commands and ignoring their errors.
 
 pub mod btrfs;
+pub mod replicate;
 pub mod retention;
 pub mod snapshot;
 

@@ -28,6 +28,18 @@ impl LoopBtrfs {
     }
 }
 
+impl LoopBtrfs {
+    /// Takes the filesystem away (a replica that is down).
+    pub fn unmount(&self) {
+        run(Command::new("umount").arg(&self.mount));
+    }
+
+    /// Brings the same filesystem back.
+    pub fn remount(&self) {
+        run(Command::new("mount").args(["-o", "loop"]).arg(&self.image).arg(&self.mount));
+    }
+}
+
 impl Drop for LoopBtrfs {
     fn drop(&mut self) {
         for _ in 0..50 {
