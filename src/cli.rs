@@ -909,8 +909,6 @@ fn show(cfg: &Config, a: &ShowArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// Name of the filesystem holding `path`, from statfs(2).
-
 fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
     let layout = cfg.layout();
     let segments = layout.segments().map_err(anyhow::Error::from)?;
