@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/btrfs.rs"]
 mod loop_btrfs;
+#[path = "common/bus.rs"]
+mod private_bus;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -206,4 +208,38 @@ fn rotation_keeps_the_parent_a_replica_needs() {
     assert_eq!(names[0], parent, "the replica's parent survived rotation");
     let (_, incremental, _) = sent(&op(&s, &["replicate"]));
     assert!(incremental);
+}
+
+/// The daemon's Replicator: snapshots reach the replica without anyone
+/// running `replicate`, and the lag goes to zero.
+#[test]
+fn the_daemon_replicates_its_snapshots() {
+    let s = setup("[[replica]]\nname = \"b\"\ndir = \"{B}/replica\"\n", "[snapshot]\ninterval = \"per-op\"\n");
+    let bus = private_bus::Bus::start(&s.root.join("bus"));
+    let mut d = Command::new(env!("CARGO_BIN_EXE_op-dbus"))
+        .arg("--config")
+        .arg(&s.cfg)
+        .arg("--state-dir")
+        .arg(&s.state)
+        .args(["run", "--no-metrics", "--no-service", "--bus", &bus.address])
+        .env("OP_DBUS_LOG", "warn")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    bus.emit(&["load", "--count", "500"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let acked = loop {
+        let p: serde_json::Value = std::fs::read_to_string(s.state.join("replication.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        if p["b"]["acked_head_seq"].as_u64().is_some_and(|h| h >= 500) {
+            break p["b"]["acked"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "the replica never caught up: {p}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    verify_received(&s.dst.as_ref().unwrap().mount.join("replica").join(&acked));
 }
