@@ -5,7 +5,7 @@ CARGO ?= cargo
 STATE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/op-dbus,$(CURDIR)/state)
 METRICS ?= 127.0.0.1:9464
 
-.PHONY: help deps run demo build test lint fmt bench bench-criterion bench-load bench-bus clean
+.PHONY: help deps run demo build test lint fmt bench bench-criterion bench-load bench-bus bench-snapshots clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: bench-criterion bench-load bench-bus ## run every benchmark (see BENCHMARKS.md)
+bench: bench-criterion bench-load bench-bus bench-snapshots ## run every benchmark (see BENCHMARKS.md)
 
 bench-criterion: ## criterion micro-benchmarks: codec and LMDB vs SQLite
 	$(CARGO) bench --locked --bench codec --bench index
@@ -48,6 +48,10 @@ bench-bus: ## live capture vs dbus-monitor and busctl on a private bus (BUS_N=20
 	./scripts/deps.sh --bench
 	$(CARGO) build --release --locked
 	./scripts/bench-bus.py
+
+bench-snapshots: ## snapshots and replication on loop-mounted BTRFS (root; SNAP_N=200000, SNAP_DIR=.)
+	./scripts/deps.sh
+	$(CARGO) bench --locked --bench snapshots
 
 clean: ## remove build output and the local state folder
 	$(CARGO) clean
