@@ -124,11 +124,9 @@ fn main() {
     println!("| snapshots | events/s | snapshots taken | vs off |");
     println!("|---|---|---|---|");
     let mut off_rate = 0.0;
-    for (label, interval) in [
-        ("off", Interval::Off),
-        ("1min", Interval::Every(Duration::from_secs(60))),
-        ("per-op", Interval::PerOp),
-    ] {
+    for (label, interval) in
+        [("off", Interval::Off), ("1min", Interval::Every(Duration::from_secs(60))), ("per-op", Interval::PerOp)]
+    {
         let fs = Fs::new(work.path(), &format!("t-{label}"), 4096, "");
         let state = fs.mount.join("state");
         let system = actix_rt::System::new();
@@ -168,7 +166,8 @@ fn main() {
                 let mut ours = Vec::new();
                 for k in 0..20 {
                     let t = Instant::now();
-                    let m = op_dbus::storage::snapshot::take(&layout, &head, op_dbus::codec::now_ns() + k, None).unwrap();
+                    let m =
+                        op_dbus::storage::snapshot::take(&layout, &head, op_dbus::codec::now_ns() + k, None).unwrap();
                     ours.push(t.elapsed().as_secs_f64() * 1e3);
                     op_dbus::storage::snapshot::remove(&op_dbus::storage::snapshot::path_of(&layout, &m.name)).unwrap();
                 }
@@ -211,7 +210,8 @@ fn main() {
     println!("## 3. incremental replication of 1000 footprints (after 100,000)");
     println!("| source mount | full stream (100k) | incremental stream per 1000 footprints | time to replicate it |");
     println!("|---|---|---|---|");
-    for (label, opts, compressed) in [("plain", "", false), ("compress=zstd, --compressed-data", "compress=zstd", true)] {
+    for (label, opts, compressed) in [("plain", "", false), ("compress=zstd, --compressed-data", "compress=zstd", true)]
+    {
         let src = Fs::new(work.path(), &format!("src-{}", compressed as u8), 2048, opts);
         let dst = Fs::new(work.path(), &format!("dst-{}", compressed as u8), 2048, opts);
         let state = src.mount.join("state");
@@ -241,11 +241,6 @@ fn main() {
             assert!(sent.incremental);
             (sent.bytes, t.elapsed().as_secs_f64())
         });
-        println!(
-            "| {label} | {:.1} MB | {:.1} KB | {:.0} ms |",
-            full as f64 / 1e6,
-            inc as f64 / 1e3,
-            secs * 1e3
-        );
+        println!("| {label} | {:.1} MB | {:.1} KB | {:.0} ms |", full as f64 / 1e6, inc as f64 / 1e3, secs * 1e3);
     }
 }

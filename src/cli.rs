@@ -307,6 +307,15 @@ fn run(cfg: Config) -> Result<u8, Failure> {
     let handle = if cfg.metrics_enabled { Some(crate::metrics::install()?) } else { None };
     let system = actix_rt::System::new();
     let result: anyhow::Result<()> = system.block_on(async move {
+        // Bound first, so that a taken port fails start-up before anything
+        // runs, rather than leaving the daemon running unobservable.
+        let listener =
+            match &handle {
+                Some(_) => Some(tokio::net::TcpListener::bind(cfg.metrics_listen).await.with_context(|| {
+                    format!("cannot listen for metrics on {} (metrics.listen)", cfg.metrics_listen)
+                })?),
+                None => None,
+            };
         let mut pipeline = spawn_pipeline(cfg.pipeline())?;
         let limits = Limits { max_data_bytes: cfg.max_data_bytes, max_depth: cfg.max_depth };
         if let Err(e) = attach_bus(&mut pipeline, &cfg.bus, &cfg.service, limits).await {
@@ -327,14 +336,8 @@ fn run(cfg: Config) -> Result<u8, Failure> {
             },
             "op-dbus is recording"
         );
-        if let Some(handle) = handle {
+        if let (Some(handle), Some(listener)) = (handle, listener) {
             let h = health.clone();
-            let addr = cfg.metrics_listen;
-            // Bound here, so that a taken port fails start-up rather than
-            // leaving the daemon running unobservable.
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr} (metrics.listen)"))?;
             actix_rt::spawn(async move {
                 let health = move || {
                     use std::sync::atomic::Ordering::Acquire;

@@ -35,8 +35,11 @@ const BATCH_BYTES: usize = 4 << 20;
 /// Nesting accepted in a body. dbus-daemon forwards up to 64 nested
 /// variants inside 32 arrays and 32 structs; each level counts once here.
 const MAX_DEPTH: usize = 160;
-/// How long a credentials lookup may take before the event goes without.
-const CREDS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a credentials lookup may take before the event goes without
+/// (the round waits for its lookups, so this bounds the stall).
+const CREDS_TIMEOUT: Duration = Duration::from_millis(100);
+/// Memory a body's decoding may take, as a multiple of `max_data_bytes`.
+const DECODE_BUDGET_FACTOR: usize = 8;
 
 pub const NAME: &str = "dbus_ingest";
 
@@ -49,6 +52,9 @@ pub struct DbusIngest {
     resolver: Option<zbus::Connection>,
     decoder: BodyDecoder,
     bus: String,
+    /// `input.max_data_bytes`: bodies above it are stored raw (and then
+    /// truncated); decoding is bounded to a multiple of it.
+    max_data_bytes: usize,
     finished: bool,
     /// Unique names that joined the bus this round: looked up at once, so
     /// that a short-lived sender is still there when asked.
@@ -64,6 +70,7 @@ impl DbusIngest {
         filter: Filter,
         own: OwnNames,
         bus: String,
+        max_data_bytes: usize,
     ) -> Self {
         DbusIngest {
             queue,
@@ -74,6 +81,7 @@ impl DbusIngest {
             resolver: None,
             decoder: BodyDecoder::new(),
             bus,
+            max_data_bytes,
             finished: false,
             joined: Vec::new(),
             left: Vec::new(),
@@ -250,7 +258,20 @@ impl DbusIngest {
             Kind::MethodReturn => "method_return".to_string(),
             Kind::Error => error_name.unwrap_or("error").to_string(),
         };
-        let data = match self.decoder.decode(body_bytes, signature, big_endian, MAX_DEPTH) {
+        // A body above the cap would be stored truncated anyway: store it raw
+        // without decoding. Smaller ones decode within a memory budget.
+        let decoded = if body_bytes.len() > self.max_data_bytes {
+            Err(crate::bus::wire::WireError::TooLarge(self.max_data_bytes))
+        } else {
+            self.decoder.decode_bounded(
+                body_bytes,
+                signature,
+                big_endian,
+                MAX_DEPTH,
+                DECODE_BUDGET_FACTOR * self.max_data_bytes,
+            )
+        };
+        let data = match decoded {
             Ok(v) => v,
             Err(e) => {
                 // Kept, not skipped: the raw body and why it did not decode.

@@ -158,13 +158,36 @@ pub async fn attach_bus(
     limits: crate::import::Limits,
 ) -> anyhow::Result<()> {
     let own = OwnNames::default();
-    let mut parts = BusParts {
+    let service_source = Arc::new(Mutex::new(Some(p.source())));
+    // Registered before anything can fail, so that `shutdown` stops
+    // whatever did start.
+    p.bus = Some(BusParts {
         capture_stop: None,
         service_stop: None,
-        service_source: Arc::new(Mutex::new(Some(p.source()))),
+        service_source: service_source.clone(),
         _ingest: None,
         arbiters: Vec::new(),
-    };
+    });
+    // The service first: a missing policy or a name already owned fails
+    // start-up before anything is captured, and the service connection's
+    // own start (Hello, NameAcquired) happens before the monitor exists.
+    if service.enabled {
+        let addr = service.address.clone().unwrap_or_else(|| bus.address.clone());
+        // Its unique name is op-dbus's own only on the bus that is recorded.
+        let service_own = if addr == bus.address { own.clone() } else { OwnNames::default() };
+        let sp = ServiceParts {
+            layout: p.layout.clone(),
+            index: p.index.clone(),
+            health: p.health.clone(),
+            source: service_source,
+            limits,
+            snapshotter: p._actors.snapshotter.clone(),
+        };
+        let conn = open_service(&addr, sp.clone(), &service_own).await?;
+        let stop = Arc::new(Notify::new());
+        actix_rt::spawn(run_service(addr, conn, sp, service.signal_rate, bus.reconnect_max, service_own, stop.clone()));
+        p.bus.as_mut().expect("set above").service_stop = Some(stop);
+    }
     if bus.enabled {
         let filter = Filter::new(bus);
         let queue = Arc::new(CaptureQueue::new(bus.queue_messages, bus.queue_bytes));
@@ -191,32 +214,19 @@ pub async fn attach_bus(
                 }
             });
         }
+        let parts = p.bus.as_mut().expect("set above");
+        parts.arbiters.push(capture);
         opened.await.context("the capture thread stopped")??;
         let ingest_arbiter = Arbiter::new();
-        let (source, label, own) = (p.source(), bus.address.to_string(), own.clone());
+        let (source, label, own, max_data) = (p.source(), bus.address.to_string(), own.clone(), limits.max_data_bytes);
         let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
-            DbusIngest::new(queue, source, filter, own, label)
+            DbusIngest::new(queue, source, filter, own, label, max_data)
         });
+        let parts = p.bus.as_mut().expect("set above");
         parts.capture_stop = Some(stop);
         parts._ingest = Some(ingest);
-        parts.arbiters = vec![capture, ingest_arbiter];
+        parts.arbiters.push(ingest_arbiter);
     }
-    if service.enabled {
-        let addr = service.address.clone().unwrap_or_else(|| bus.address.clone());
-        let sp = ServiceParts {
-            layout: p.layout.clone(),
-            index: p.index.clone(),
-            health: p.health.clone(),
-            source: parts.service_source.clone(),
-            limits,
-            snapshotter: p._actors.snapshotter.clone(),
-        };
-        let conn = open_service(&addr, sp.clone(), &own).await?;
-        let stop = Arc::new(Notify::new());
-        actix_rt::spawn(run_service(addr, conn, sp, service.signal_rate, bus.reconnect_max, own, stop.clone()));
-        parts.service_stop = Some(stop);
-    }
-    p.bus = Some(parts);
     Ok(())
 }
 

@@ -134,7 +134,8 @@ impl CaptureQueue {
         // Wake the consumer when there is something after nothing, and when
         // a full batch is waiting; in between it lingers (see `pop_many`),
         // so a busy bus costs one wake-up per batch, not per message.
-        let wake = s.items.len() == 1 || s.items.len() == WAKE_AT;
+        let full = s.messages >= self.max_messages || s.bytes >= self.max_bytes;
+        let wake = s.items.len() == 1 || s.items.len() == WAKE_AT || full;
         if s.items.len().is_multiple_of(4096) {
             record_depth(&s);
         }
@@ -187,7 +188,8 @@ impl CaptureQueue {
         if s.items.is_empty() {
             return if s.closed { Take::Closed } else { Take::Empty };
         }
-        if may_linger && !s.closed && s.items.len() < WAKE_AT {
+        let full = s.messages >= self.max_messages || s.bytes >= self.max_bytes;
+        if may_linger && !s.closed && !full && s.items.len() < WAKE_AT {
             return Take::Linger;
         }
         let n = max.min(s.items.len());
@@ -315,6 +317,16 @@ pub async fn run_capture(
         }
         tracing::warn!(bus = %cfg.address, "lost the bus connection; reconnecting");
         outage_since = Some(now_ns());
+    }
+    // Stopped while the bus was away: the outage still goes in the chain.
+    if let Some(since) = outage_since {
+        metrics::counter!(m::BUS_GAPS).increment(1);
+        queue.push_control(Captured::Gap(Gap {
+            reason: GapReason::Disconnected,
+            dropped: None,
+            first_ns: since,
+            last_ns: now_ns(),
+        }));
     }
     queue.close();
 }

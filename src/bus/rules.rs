@@ -35,6 +35,9 @@ pub struct Meta<'a> {
     pub sender: Option<&'a str>,
 }
 
+const NAME_OWNER_CHANGED: &str =
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged'";
+
 #[derive(Clone, Debug)]
 pub struct Filter {
     kinds: Vec<Kind>,
@@ -58,14 +61,17 @@ impl Filter {
         Filter { kinds, include: cfg.include.clone(), exclude: cfg.exclude.clone() }
     }
 
-    /// The match rules for `BecomeMonitor`: one per enabled type. An empty
-    /// list would mean "everything" to dbus-daemon, so a filter with no type
-    /// enabled asks for an impossible match instead.
+    /// The match rules for `BecomeMonitor`: one per enabled type, and
+    /// `NameOwnerChanged` always. (An empty list would mean "everything".)
     pub fn monitor_rules(&self) -> Vec<String> {
-        if self.kinds.is_empty() {
-            return vec!["type='signal',interface='org.opdbus.Nothing'".into()];
+        // Name ownership is always needed (plugin ids, credentials), whether
+        // signals are recorded or not; `accepts` decides what is recorded.
+        let mut rules = vec![NAME_OWNER_CHANGED.to_string()];
+        rules.extend(self.kinds.iter().filter(|k| **k != Kind::Signal).map(|k| format!("type='{}'", k.as_str())));
+        if self.kinds.contains(&Kind::Signal) {
+            rules = self.kinds.iter().map(|k| format!("type='{}'", k.as_str())).collect();
         }
-        self.kinds.iter().map(|k| format!("type='{}'", k.as_str())).collect()
+        rules
     }
 
     /// Whether to record `m`, whose sender owns `names` (well-known names).
@@ -107,6 +113,8 @@ mod tests {
         assert!(f.accepts(&meta(Kind::Signal, "a.B", "C", "/x"), &[]));
         assert!(!f.accepts(&meta(Kind::MethodCall, "a.B", "C", "/x"), &[]));
         assert_eq!(f.monitor_rules(), vec!["type='signal'".to_string()]);
+        let calls_only = Filter::new(&BusConfig { signals: false, method_calls: true, ..Default::default() });
+        assert_eq!(calls_only.monitor_rules(), vec![NAME_OWNER_CHANGED.to_string(), "type='method_call'".to_string()]);
 
         cfg.method_calls = true;
         cfg.include = vec![MatchRule { interface: Some("a.B".into()), ..Default::default() }];
@@ -136,7 +144,7 @@ mod tests {
     fn no_type_enabled_asks_the_bus_for_nothing() {
         let cfg = BusConfig { signals: false, ..Default::default() };
         let f = Filter::new(&cfg);
-        assert_eq!(f.monitor_rules().len(), 1);
+        assert_eq!(f.monitor_rules(), vec![NAME_OWNER_CHANGED.to_string()]);
         assert!(!f.accepts(&meta(Kind::Signal, "a.B", "C", "/x"), &[]));
     }
 }

@@ -234,6 +234,16 @@ impl ChainService {
         hdr: Header<'_>,
         conn: &zbus::Connection,
     ) -> Result<u64, ChainError> {
+        // The size first: parsing is on the executor, and JSON is larger
+        // than its canonical form by at most what escaping adds.
+        if data_json.len() > self.parts.limits.max_line_bytes() {
+            return Err(ChainError::InvalidArgument(format!(
+                "data_json is {} bytes, above the {} accepted for input.max_data_bytes = {}",
+                data_json.len(),
+                self.parts.limits.max_line_bytes(),
+                self.parts.limits.max_data_bytes
+            )));
+        }
         let data: Value = serde_json::from_str(&data_json)
             .map_err(|e| ChainError::InvalidArgument(format!("data_json is not valid JSON: {e}")))?;
         check_event(&plugin_id, &operation, &data, self.parts.limits)
@@ -286,7 +296,9 @@ pub async fn open_service(
     own: &OwnNames,
 ) -> Result<zbus::Connection, BusError> {
     let conn = connect(addr).await?;
-    // Known as ours before it sends anything that the monitor could see.
+    // Known as ours from here on. (At start-up the service connects before
+    // the monitor exists; after a reconnect, its Hello and NameAcquired may
+    // be seen before this line and are recorded as the bus's traffic.)
     own.set("service", conn.unique_name().map(|n| n.as_str()));
     conn.object_server().at(SERVICE_PATH, ChainService::new(parts)).await.map_err(BusError::Call)?;
     let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;

@@ -40,6 +40,8 @@ pub enum WireError {
     Invalid { what: &'static str, at: usize },
     #[error("{0} bytes left over after the last argument")]
     Trailing(usize),
+    #[error("decoding would take more than {0} bytes of memory")]
+    TooLarge(usize),
 }
 
 /// A parsed single complete type.
@@ -192,6 +194,21 @@ impl BodyDecoder {
         big_endian: bool,
         max_depth: usize,
     ) -> Result<Value, WireError> {
+        self.decode_bounded(body, signature, big_endian, max_depth, usize::MAX)
+    }
+
+    /// As [`decode`](Self::decode), refusing to build more than `budget`
+    /// bytes of values: a body of small containers (`av` of bytes) takes
+    /// ~40 times its size once decoded, so the size of a body alone does not
+    /// bound the memory its decoding takes.
+    pub fn decode_bounded(
+        &mut self,
+        body: &[u8],
+        signature: &str,
+        big_endian: bool,
+        max_depth: usize,
+        budget: usize,
+    ) -> Result<Value, WireError> {
         let types = match self.cache.get(signature) {
             Some(t) => t.clone(),
             None => {
@@ -203,7 +220,7 @@ impl BodyDecoder {
                 t
             }
         };
-        let mut r = Reader { b: body, pos: 0, big_endian, max_depth };
+        let mut r = Reader { b: body, pos: 0, big_endian, max_depth, budget, limit: budget };
         let mut args = Vec::with_capacity(types.len());
         for t in types.iter() {
             args.push(r.value(t, 1)?);
@@ -222,9 +239,20 @@ struct Reader<'a> {
     pos: usize,
     big_endian: bool,
     max_depth: usize,
+    /// Bytes of values still allowed (each node costs its size plus what it owns).
+    budget: usize,
+    limit: usize,
 }
 
+/// What one decoded node is charged, besides the bytes it owns.
+const NODE_COST: usize = std::mem::size_of::<Value>() + 16;
+
 impl<'a> Reader<'a> {
+    fn charge(&mut self, bytes: usize) -> Result<(), WireError> {
+        self.budget = self.budget.checked_sub(NODE_COST + bytes).ok_or(WireError::TooLarge(self.limit))?;
+        Ok(())
+    }
+
     fn align(&mut self, n: usize) -> Result<(), WireError> {
         let p = self.pos.div_ceil(n) * n;
         if p > self.b.len() {
@@ -267,6 +295,7 @@ impl<'a> Reader<'a> {
         if depth > self.max_depth {
             return Err(WireError::TooDeep(self.max_depth));
         }
+        self.charge(0)?;
         Ok(match t {
             Ty::Byte => Value::UInt(self.take(1)?[0] as u64),
             Ty::Bool => {
@@ -286,6 +315,7 @@ impl<'a> Reader<'a> {
             Ty::Double => Value::Float(f64::from_ne_bytes(self.fixed::<8>()?)),
             Ty::Str | Ty::Path => {
                 let len = self.u32()? as usize;
+                self.charge(len)?;
                 Value::Str(self.string(len, if *t == Ty::Str { "string" } else { "object path" })?)
             }
             Ty::Sig => {
@@ -311,6 +341,7 @@ impl<'a> Reader<'a> {
                 let end =
                     self.pos.checked_add(len).filter(|&e| e <= self.b.len()).ok_or(WireError::Short(self.b.len()))?;
                 if **elem == Ty::Byte {
+                    self.charge(len)?;
                     return Ok(Value::Bin(self.take(len)?.to_vec()));
                 }
                 let mut items = Vec::new();
@@ -433,6 +464,18 @@ mod tests {
         assert!(matches!(d.decode(&[1, 0, 0, 0, 9], "u", false, 64), Err(WireError::Trailing(1))));
         // bad UTF-8
         assert!(matches!(d.decode(&[1, 0, 0, 0, 0xff, 0], "s", false, 64), Err(WireError::Invalid { .. })));
+    }
+
+    #[test]
+    fn decoding_is_bounded_in_memory_not_only_in_body_size() {
+        // 100k variants holding a byte: 400 KB on the wire.
+        let mut body = (400_000u32).to_le_bytes().to_vec();
+        for _ in 0..100_000 {
+            body.extend_from_slice(&[1, b'y', 0, 7]);
+        }
+        let mut d = BodyDecoder::new();
+        assert!(d.decode_bounded(&body, "av", false, 64, 64 << 20).is_ok());
+        assert_eq!(d.decode_bounded(&body, "av", false, 64, 1 << 20), Err(WireError::TooLarge(1 << 20)));
     }
 
     #[test]

@@ -274,6 +274,17 @@ pub fn reseal_frame(file: &mut [u8], frame: &Frame) {
     file[frame.offset + 8..frame.offset + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// XORs one byte of a file with `mask` in place (no rewrite of the file,
+/// so a writer appending to it meanwhile loses nothing).
+pub fn xor_byte_in_place(path: &Path, pos: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, pos).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, pos).unwrap();
+}
+
 /// XORs one byte of a file with `mask`.
 pub fn xor_byte(path: &Path, pos: usize, mask: u8) {
     let mut b = std::fs::read(path).unwrap();
