@@ -351,16 +351,21 @@ pub async fn run_service(
             }
         };
         tracing::info!(bus = %addr, name = SERVICE_NAME, path = SERVICE_PATH, "serving {SERVICE_INTERFACE}");
+        // After a failed emit the head has not changed, but it is still news.
+        let mut retry = false;
         loop {
-            tokio::select! {
-                _ = stop.notified() => return,
-                _ = c.closed() => break,
-                changed = head_rx.changed() => {
-                    if changed.is_err() {
-                        return;
+            if !retry {
+                tokio::select! {
+                    _ = stop.notified() => return,
+                    _ = c.closed() => break,
+                    changed = head_rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
                     }
                 }
             }
+            retry = false;
             let Some((last, hash)) = *head_rx.borrow_and_update() else { continue };
             let first = announced.map_or(0, |a| a + 1);
             if first > last {
@@ -372,7 +377,10 @@ pub async fn run_service(
                     announced = Some(last);
                     metrics::counter!(m::FEED_SIGNALS).increment(1);
                 }
-                Err(e) => tracing::debug!(error = %e, "could not emit BlocksAppended"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not emit BlocksAppended; retrying");
+                    retry = !c.is_closed();
+                }
             }
             tokio::select! {
                 _ = stop.notified() => return,
