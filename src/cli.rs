@@ -341,7 +341,7 @@ fn run(cfg: Config) -> Result<u8, Failure> {
             actix_rt::spawn(async move {
                 let health = move || {
                     use std::sync::atomic::Ordering::Acquire;
-                    let failing = h.writer_failing.load(Acquire);
+                    let failing = h.writer_failing.load(Acquire) || h.ingest_failed.load(Acquire);
                     let chain = h.chain_height.load(Acquire);
                     let index = h.index_height.load(Acquire);
                     let body = json!({

@@ -61,6 +61,20 @@ pub struct DbusIngest {
     joined: Vec<String>,
     /// Unique names that left this round: not cached.
     left: Vec<String>,
+    /// Says so in `/health` if this actor is dropped before the capture
+    /// ended (a panic that the supervisor does not see).
+    watch: Option<Watch>,
+}
+
+struct Watch(Option<std::sync::Arc<super::pipeline::Health>>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            tracing::error!("dbus_ingest is gone before the capture ended; the bus is no longer recorded");
+            h.ingest_failed.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 impl DbusIngest {
@@ -85,7 +99,14 @@ impl DbusIngest {
             finished: false,
             joined: Vec::new(),
             left: Vec::new(),
+            watch: None,
         }
+    }
+
+    /// Reports to `health` if the actor dies before the capture ends.
+    pub fn watched_by(mut self, health: std::sync::Arc<super::pipeline::Health>) -> Self {
+        self.watch = Some(Watch(Some(health)));
+        self
     }
 }
 
@@ -117,6 +138,10 @@ fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
             // its thread stops (stopping it would make the supervisor restart it).
             act.out = None;
             act.finished = true;
+            // A normal end: disarm the watch.
+            if let Some(w) = act.watch.as_mut() {
+                w.0 = None;
+            }
             return Box::pin(actix::fut::ready(())) as Round;
         }
         let n = items.len();

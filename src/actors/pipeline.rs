@@ -54,6 +54,8 @@ pub struct Health {
     pub index_height: AtomicU64,
     /// The last commit failed and the writer is retrying.
     pub writer_failing: AtomicBool,
+    /// DbusIngest is gone (a bug): the bus is no longer being recorded.
+    pub ingest_failed: AtomicBool,
     /// The last durable block (seq, hash); `None` for an empty chain. A
     /// watch: the feed waits on it, and a slow reader only ever misses
     /// intermediate values, never holds the writer.
@@ -66,6 +68,7 @@ impl Default for Health {
             chain_height: AtomicU64::new(0),
             index_height: AtomicU64::new(0),
             writer_failing: AtomicBool::new(false),
+            ingest_failed: AtomicBool::new(false),
             head: tokio::sync::watch::channel(None).0,
         }
     }
@@ -219,8 +222,9 @@ pub async fn attach_bus(
         opened.await.context("the capture thread stopped")??;
         let ingest_arbiter = Arbiter::new();
         let (source, label, own, max_data) = (p.source(), bus.address.to_string(), own.clone(), limits.max_data_bytes);
+        let health = p.health.clone();
         let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
-            DbusIngest::new(queue, source, filter, own, label, max_data)
+            DbusIngest::new(queue, source, filter, own, label, max_data).watched_by(health)
         });
         let parts = p.bus.as_mut().expect("set above");
         parts.capture_stop = Some(stop);
