@@ -10,7 +10,7 @@ METRICS ?= 127.0.0.1:9464
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-deps: ## install the Debian packages the daemon and tests need (dbus, util-linux), if missing
+deps: ## install the Debian packages the daemon and tests need (dbus, util-linux, btrfs-progs), if missing
 	./scripts/deps.sh
 
 build: ## build the release binary
@@ -22,7 +22,7 @@ run: deps build ## run the daemon: system bus as root, else a private bus it sta
 demo: deps build ## record a sample burst on a private bus, then show `op-dbus log` and `op-dbus verify`
 	./scripts/demo.sh
 
-test: deps ## run every test (unit, integration against a private dbus-daemon, property)
+test: deps ## run every test (unit, property, integration: private dbus-daemon, loop-mounted BTRFS as root)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
