@@ -377,3 +377,44 @@ fn hide(p: &Path) -> impl FnOnce() + '_ {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// A range's verification (the D-Bus `Verify`): damage inside the range is
+/// named, damage after it is not the range's, and the block the range links
+/// to (the end of the segment before) is checked against its stored bytes.
+#[test]
+fn a_range_is_verified_on_its_own_and_linked_to_the_block_before() {
+    use op_dbus::chain::{verify, Layout};
+    let (_dir, state) = fresh();
+    let layout = Layout::new(&state, None);
+    let segs = segments(&state);
+    assert!(segs.len() >= 3);
+    let (s1, s2) = (segs[1].0, segs[2].0);
+    let range = |from, to| verify::verify_range(&layout, 2, from, to);
+    let ok = range(s1 + 1, s2 - 1).unwrap();
+    assert!(ok.fault.is_none() && ok.head_seq == Some(s2 - 1), "{:?}", ok.fault);
+
+    // Damage in the segment after the range: not this range's fault.
+    let bytes = std::fs::read(&segs[2].1).unwrap();
+    let frame = &parse_frames(&bytes)[2];
+    xor_byte(&segs[2].1, frame.range().start + frame.range().len() / 2, 0x01);
+    assert!(range(s1 + 1, s2 - 1).unwrap().fault.is_none());
+    let r = range(s2, s2 + 5).unwrap();
+    assert_eq!(r.fault.map(|f| f.seq), Some(s2 + 2));
+    xor_byte(&segs[2].1, frame.range().start + frame.range().len() / 2, 0x01);
+
+    // The last block of the segment before, rewritten with a valid CRC but
+    // a wrong hash: the range starting after it refuses to link to it.
+    let before = std::fs::read(&segs[0].1).unwrap();
+    let frames = parse_frames(&before);
+    let last = frames.last().unwrap();
+    let mut forged = before.clone();
+    let start = last.range().start + FRAME_HEADER_LEN;
+    let body_len = last.range().end - 32 - start;
+    forged[start + body_len / 2] ^= 0x01;
+    // Keep the CRC valid so that only the hash can tell.
+    let crc = crc32fast::hash(&forged[start..last.range().end]);
+    forged[last.range().start + 8..last.range().start + 12].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&segs[0].1, &forged).unwrap();
+    let err = range(s1, s1 + 3).unwrap_err().to_string();
+    assert!(err.contains("does not match"), "{err}");
+}
