@@ -473,7 +473,13 @@ fn read_methods_answer_from_the_chain() {
     let want = &want[want.len() - 2..];
     assert_eq!(
         rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-        want.iter().map(|b| b["seq"].as_u64().unwrap()).collect::<Vec<_>>()
+        want.iter().map(|b| b["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        "systemd1 blocks now: {:?}",
+        d.log()
+            .iter()
+            .filter(|b| b["plugin_id"] == "org.freedesktop.systemd1")
+            .map(|b| (b["seq"].clone(), b["operation"].clone(), b["sender"].clone()))
+            .collect::<Vec<_>>()
     );
     assert!(rows.iter().all(|r| r.3 == "org.freedesktop.systemd1" && r.1.len() == 64));
     let e = error_name(call::<_, Vec<Row>>(&bus, "Query", &(0i64, 0i64, "", "", 20_000u32)).unwrap_err());

@@ -16,7 +16,7 @@ use actix::prelude::*;
 use super::count_restart;
 use super::edge::Outbox;
 use crate::bus::capture::{CaptureQueue, Captured, Gap};
-use crate::bus::names::{unit_of_pid, Names};
+use crate::bus::names::{CredsCache, Names};
 use crate::bus::rules::{Filter, Kind, Meta};
 use crate::bus::wire::{header_signature, BodyDecoder};
 use crate::bus::{OwnNames, SERVICE_NAME};
@@ -37,7 +37,7 @@ const BATCH_BYTES: usize = 4 << 20;
 const MAX_DEPTH: usize = 160;
 /// How long a credentials lookup may take before the event goes without
 /// (the round waits for its lookups, so this bounds the stall).
-const CREDS_TIMEOUT: Duration = Duration::from_millis(100);
+const CREDS_TIMEOUT: Duration = Duration::from_millis(250);
 /// Memory a body's decoding may take, as a multiple of `max_data_bytes`.
 const DECODE_BUDGET_FACTOR: usize = 8;
 
@@ -49,6 +49,7 @@ pub struct DbusIngest {
     filter: Filter,
     own: OwnNames,
     names: Names,
+    creds: CredsCache,
     resolver: Option<zbus::Connection>,
     decoder: BodyDecoder,
     bus: String,
@@ -85,6 +86,7 @@ impl DbusIngest {
         own: OwnNames,
         bus: String,
         max_data_bytes: usize,
+        creds: CredsCache,
     ) -> Self {
         DbusIngest {
             queue,
@@ -92,6 +94,7 @@ impl DbusIngest {
             filter,
             own,
             names: Names::new(),
+            creds,
             resolver: None,
             decoder: BodyDecoder::new(),
             bus,
@@ -173,11 +176,12 @@ fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
                         e.creds = found.iter().find(|(n, _)| n == s).map(|(_, c)| c.clone());
                     }
                 }
-                // Cached for later messages, unless the sender has left already.
+                // Cached for later messages; those that left are forgotten.
                 for (sender, creds) in found {
-                    if !left.contains(&sender) {
-                        act.names.set_creds(&sender, creds);
-                    }
+                    act.creds.insert(&sender, creds);
+                }
+                for gone in &left {
+                    act.creds.remove(gone);
                 }
                 let out = act.out.clone();
                 async move {
@@ -308,7 +312,7 @@ impl DbusIngest {
                 ])
             }
         };
-        let creds = sender.and_then(|s| self.names.creds(s).cloned());
+        let creds = sender.and_then(|s| self.creds.get(s));
         Some(RawEvent {
             source: Source::Dbus,
             plugin_id,
@@ -332,7 +336,7 @@ impl DbusIngest {
             .filter(|s| s.starts_with(':'))
             .map(str::to_string)
             .collect();
-        v.extend(self.joined.drain(..).filter(|n| !self.names.has_creds(n)));
+        v.extend(self.joined.drain(..).filter(|n| !self.creds.contains(n)));
         v.sort_unstable();
         v.dedup();
         v
@@ -342,6 +346,9 @@ impl DbusIngest {
 /// Asks the bus for each sender's uid and pid (concurrently, bounded in
 /// time); a sender that has already left gets empty credentials, cached
 /// like any other so it is not asked again.
+/// Asks for each sender's credentials, concurrently and bounded in time
+/// (the round waits for them). Those the bus did not answer in time are
+/// left out, to be asked again; a sender that has left gets empty ones.
 async fn lookup_creds(resolver: Option<zbus::Connection>, senders: Vec<String>) -> Vec<(String, Credentials)> {
     let Some(conn) = resolver else { return Vec::new() };
     if senders.is_empty() {
@@ -350,23 +357,10 @@ async fn lookup_creds(resolver: Option<zbus::Connection>, senders: Vec<String>) 
     let Ok(proxy) = zbus::fdo::DBusProxy::new(&conn).await else { return Vec::new() };
     let proxy = &proxy;
     let lookups = senders.into_iter().map(|s| async move {
-        let name = zbus::names::BusName::try_from(s.as_str()).ok();
-        let found = match name {
-            Some(n) => {
-                tokio::time::timeout(CREDS_TIMEOUT, proxy.get_connection_credentials(n)).await.ok().and_then(Result::ok)
-            }
-            None => None,
-        };
-        let creds = match found {
-            Some(c) => {
-                let pid = c.process_id();
-                Credentials { uid: c.unix_user_id(), pid, unit: pid.and_then(unit_of_pid) }
-            }
-            None => Credentials { uid: None, pid: None, unit: None },
-        };
-        (s, creds)
+        let found = crate::bus::names::lookup(proxy, &s, CREDS_TIMEOUT).await;
+        found.map(|c| (s, c))
     });
-    futures_util::future::join_all(lookups).await
+    futures_util::future::join_all(lookups).await.into_iter().flatten().collect()
 }
 
 async fn send_batches(out: &Outbox<RawEventBatch>, events: Vec<RawEvent>) {

@@ -203,13 +203,14 @@ pub async fn attach_bus(
         let stop = Arc::new(Notify::new());
         let capture = Arbiter::new();
         let (opened_tx, opened) = oneshot::channel();
+        let creds = crate::bus::names::CredsCache::default();
         {
-            let (queue, own, stop) = (queue.clone(), own.clone(), stop.clone());
+            let (queue, own, stop, creds) = (queue.clone(), own.clone(), stop.clone(), creds.clone());
             capture.spawn(async move {
                 match open_monitor(&cfg.address, &cfg.rules, &own).await {
                     Ok(first) => {
                         let _ = opened_tx.send(Ok(()));
-                        run_capture(cfg, first, queue, own, stop).await;
+                        run_capture(cfg, first, queue, own, stop, creds).await;
                     }
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
@@ -224,7 +225,7 @@ pub async fn attach_bus(
         let (source, label, own, max_data) = (p.source(), bus.address.to_string(), own.clone(), limits.max_data_bytes);
         let health = p.health.clone();
         let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
-            DbusIngest::new(queue, source, filter, own, label, max_data).watched_by(health)
+            DbusIngest::new(queue, source, filter, own, label, max_data, creds).watched_by(health)
         });
         let parts = p.bus.as_mut().expect("set above");
         parts.capture_stop = Some(stop);

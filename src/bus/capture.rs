@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
-use super::names::Names;
+use super::names::{CredsCache, Names};
 use super::{connect, BusError, OwnNames};
 use crate::codec::now_ns;
 use crate::config::{BusAddress, QueuePolicy};
@@ -286,6 +286,7 @@ pub async fn run_capture(
     queue: std::sync::Arc<CaptureQueue>,
     own: OwnNames,
     stop: std::sync::Arc<Notify>,
+    creds: CredsCache,
 ) {
     let mut next = Some(first);
     let mut outage_since: Option<i64> = None;
@@ -297,6 +298,8 @@ pub async fn run_capture(
                 None => break,
             },
         };
+        // A new bus instance hands out the same unique names again.
+        creds.clear();
         queue.push_control(Captured::Connected { names: Box::new(names), resolver: monitor.resolver.clone() });
         if let Some(since) = outage_since.take() {
             let back = now_ns();
@@ -310,7 +313,7 @@ pub async fn run_capture(
             }));
         }
         metrics::gauge!(m::BUS_CONNECTED).set(1.0);
-        let stopped = drain(monitor.stream, &queue, cfg.policy, &stop).await;
+        let stopped = drain(monitor.stream, &queue, cfg.policy, &stop, &monitor.resolver, &creds).await;
         metrics::gauge!(m::BUS_CONNECTED).set(0.0);
         if stopped {
             break;
@@ -337,7 +340,14 @@ const STOP_DRAIN: Duration = Duration::from_secs(2);
 
 /// Polls the stream until it ends (false) or `stop` fires and the bus has
 /// gone quiet (true).
-async fn drain(mut stream: zbus::MessageStream, queue: &CaptureQueue, policy: QueuePolicy, stop: &Notify) -> bool {
+async fn drain(
+    mut stream: zbus::MessageStream,
+    queue: &CaptureQueue,
+    policy: QueuePolicy,
+    stop: &Notify,
+    resolver: &zbus::Connection,
+    creds: &CredsCache,
+) -> bool {
     let mut overflow: Option<Gap> = None;
     // Set once `stop` fires: what the bus already sent us is still read,
     // until it has been quiet for QUIET or for at most STOP_DRAIN.
@@ -378,6 +388,9 @@ async fn drain(mut stream: zbus::MessageStream, queue: &CaptureQueue, policy: Qu
         };
         metrics::counter!(m::BUS_RECEIVED).increment(1);
         let captured_ns = now_ns();
+        if let Some(joined) = joined_connection(&msg) {
+            ask_credentials(resolver.clone(), joined, creds.clone());
+        }
         let size = msg.data().len();
         let item = Captured::Message { msg, captured_ns };
         match policy {
@@ -395,6 +408,32 @@ async fn drain(mut stream: zbus::MessageStream, queue: &CaptureQueue, policy: Qu
             }
         }
     }
+}
+
+/// The unique name of a connection that just joined, if `msg` is the
+/// bus's `NameOwnerChanged(":1.n", "", ":1.n")`.
+fn joined_connection(msg: &zbus::Message) -> Option<String> {
+    let h = msg.header();
+    if h.message_type() != zbus::message::Type::Signal
+        || h.member().map(|m| m.as_str()) != Some("NameOwnerChanged")
+        || h.sender().map(|s| s.as_str()) != Some("org.freedesktop.DBus")
+    {
+        return None;
+    }
+    let (name, old, new): (String, String, String) = msg.body().deserialize().ok()?;
+    (name.starts_with(':') && old.is_empty() && new == name).then_some(name)
+}
+
+/// Asks for a joining connection's credentials at once, on this thread's
+/// runtime, without waiting for the answer: a sender that lives for a few
+/// milliseconds is usually still there.
+fn ask_credentials(resolver: zbus::Connection, unique: String, creds: CredsCache) {
+    tokio::spawn(async move {
+        let Ok(proxy) = zbus::fdo::DBusProxy::new(&resolver).await else { return };
+        if let Some(c) = super::names::lookup(&proxy, &unique, std::time::Duration::from_secs(2)).await {
+            creds.insert(&unique, c);
+        }
+    });
 }
 
 fn count_drop(overflow: &mut Option<Gap>, at: i64) {

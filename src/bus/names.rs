@@ -15,7 +15,63 @@ const MAX_CREDS: usize = 65_536;
 pub struct Names {
     /// unique name -> well-known names, in the order acquired.
     owned: HashMap<String, Vec<String>>,
-    creds: HashMap<String, Credentials>,
+}
+
+/// Credentials per unique name, shared by the capture thread (which asks
+/// the moment a connection joins, so that a sender that lives for a few
+/// milliseconds is still there to be asked) and DbusIngest (which asks for
+/// senders it has no answer for, and forgets those that left).
+#[derive(Clone, Debug, Default)]
+pub struct CredsCache(std::sync::Arc<std::sync::Mutex<HashMap<String, Credentials>>>);
+
+impl CredsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Credentials>> {
+        self.0.lock().expect("creds cache lock")
+    }
+
+    pub fn get(&self, unique: &str) -> Option<Credentials> {
+        self.lock().get(unique).cloned()
+    }
+
+    pub fn contains(&self, unique: &str) -> bool {
+        self.lock().contains_key(unique)
+    }
+
+    pub fn insert(&self, unique: &str, c: Credentials) {
+        let mut m = self.lock();
+        if m.len() >= MAX_CREDS {
+            m.clear();
+        }
+        m.insert(unique.to_string(), c);
+    }
+
+    pub fn remove(&self, unique: &str) {
+        self.lock().remove(unique);
+    }
+
+    /// A new bus instance reuses unique names: forget them all.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// Asks the bus for a connection's uid and pid, and its unit. `None` when
+/// the bus did not answer in time (ask again later); a connection that is
+/// gone gets empty credentials (there is nothing more to learn).
+pub async fn lookup(
+    proxy: &zbus::fdo::DBusProxy<'_>,
+    unique: &str,
+    timeout: std::time::Duration,
+) -> Option<Credentials> {
+    let name = zbus::names::BusName::try_from(unique).ok()?;
+    match tokio::time::timeout(timeout, proxy.get_connection_credentials(name)).await {
+        Err(_) => None,
+        Ok(Err(_)) => Some(Credentials { uid: None, pid: None, unit: None }),
+        Ok(Ok(c)) => {
+            let pid = c.process_id();
+            Some(Credentials { uid: c.unix_user_id(), pid, unit: pid.and_then(unit_of_pid) })
+        }
+    }
 }
 
 impl Names {
@@ -29,7 +85,6 @@ impl Names {
             // A connection joined or left; when it leaves, forget it.
             if new.is_empty() {
                 self.owned.remove(name);
-                self.creds.remove(name);
             }
             return;
         }
@@ -57,21 +112,6 @@ impl Names {
     /// The plugin id for a sender: its first well-known name, if any.
     pub fn plugin_of(&self, unique: &str) -> Option<&str> {
         self.names_of(unique).first().map(String::as_str)
-    }
-
-    pub fn creds(&self, unique: &str) -> Option<&Credentials> {
-        self.creds.get(unique)
-    }
-
-    pub fn has_creds(&self, unique: &str) -> bool {
-        self.creds.contains_key(unique)
-    }
-
-    pub fn set_creds(&mut self, unique: &str, c: Credentials) {
-        if self.creds.len() >= MAX_CREDS {
-            self.creds.clear();
-        }
-        self.creds.insert(unique.to_string(), c);
     }
 }
 
@@ -102,9 +142,7 @@ mod tests {
         assert_eq!(n.plugin_of(":1.9"), Some("org.a"));
         n.owner_changed("org.b", ":1.5", "");
         assert_eq!(n.plugin_of(":1.5"), None);
-        n.set_creds(":1.9", Credentials { uid: Some(0), pid: Some(1), unit: None });
         n.owner_changed(":1.9", ":1.9", "");
-        assert!(!n.has_creds(":1.9"));
         assert_eq!(n.plugin_of(":1.9"), None);
     }
 
