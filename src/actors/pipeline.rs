@@ -150,6 +150,16 @@ struct BusParts {
     arbiters: Vec<Arbiter>,
 }
 
+/// File descriptors the capture queue may hold: half the soft limit (`run`
+/// raises it to the hard one first), the rest for files, sockets and LMDB.
+fn fd_budget() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    let soft =
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as usize } else { 1024 };
+    (soft / 2).max(64)
+}
+
 /// Attaches the bus: the capture task (its own thread) feeding DbusIngest
 /// (its own thread) feeding the pipeline's source, and the `org.opdbus`
 /// service on the calling runtime. Fails, with what to do, if the bus is
@@ -193,7 +203,7 @@ pub async fn attach_bus(
     }
     if bus.enabled {
         let filter = Filter::new(bus);
-        let queue = Arc::new(CaptureQueue::new(bus.queue_messages, bus.queue_bytes));
+        let queue = Arc::new(CaptureQueue::new(bus.queue_messages, bus.queue_bytes, fd_budget()));
         let cfg = CaptureConfig {
             address: bus.address.clone(),
             rules: filter.monitor_rules(),

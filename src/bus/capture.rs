@@ -78,10 +78,12 @@ pub enum Captured {
 }
 
 struct State {
-    /// Each item with its size, or `None` for control items (not bounded).
-    items: VecDeque<(Captured, Option<usize>)>,
+    /// Each item with its size and file descriptor count, or `None` for
+    /// control items (not bounded).
+    items: VecDeque<(Captured, Option<(usize, usize)>)>,
     messages: usize,
     bytes: usize,
+    fds: usize,
     closed: bool,
 }
 
@@ -103,16 +105,21 @@ pub struct CaptureQueue {
     not_full: Notify,
     max_messages: usize,
     max_bytes: usize,
+    /// Monitors receive the fds of the messages they see, held until the
+    /// message is dropped: a queue of them must not exhaust the process's
+    /// descriptors.
+    max_fds: usize,
 }
 
 impl CaptureQueue {
-    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+    pub fn new(max_messages: usize, max_bytes: usize, max_fds: usize) -> Self {
         CaptureQueue {
-            state: Mutex::new(State { items: VecDeque::new(), messages: 0, bytes: 0, closed: false }),
+            state: Mutex::new(State { items: VecDeque::new(), messages: 0, bytes: 0, fds: 0, closed: false }),
             not_empty: Notify::new(),
             not_full: Notify::new(),
             max_messages,
             max_bytes,
+            max_fds,
         }
     }
 
@@ -120,21 +127,30 @@ impl CaptureQueue {
         self.state.lock().expect("capture queue lock")
     }
 
-    /// Queues a message if it fits. A message larger than the whole byte
-    /// budget fits only into an empty queue, so it is never refused forever.
-    pub fn try_push(&self, item: Captured, size: usize) -> Result<(), Captured> {
+    fn fits(&self, s: &State, size: usize, fds: usize) -> bool {
+        s.messages == 0
+            || (s.messages < self.max_messages && s.bytes + size <= self.max_bytes && s.fds + fds <= self.max_fds)
+    }
+
+    fn is_full(&self, s: &State) -> bool {
+        s.messages >= self.max_messages || s.bytes >= self.max_bytes || s.fds >= self.max_fds
+    }
+
+    /// Queues a message if it fits. A message larger than the whole budget
+    /// fits only into an empty queue, so it is never refused forever.
+    pub fn try_push(&self, item: Captured, size: usize, fds: usize) -> Result<(), Captured> {
         let mut s = self.lock();
-        let fits = s.messages < self.max_messages && (s.bytes + size <= self.max_bytes || s.messages == 0);
-        if !fits {
+        if !self.fits(&s, size, fds) {
             return Err(item);
         }
         s.messages += 1;
         s.bytes += size;
-        s.items.push_back((item, Some(size)));
+        s.fds += fds;
+        s.items.push_back((item, Some((size, fds))));
         // Wake the consumer when there is something after nothing, and when
         // a full batch is waiting; in between it lingers (see `pop_many`),
         // so a busy bus costs one wake-up per batch, not per message.
-        let full = s.messages >= self.max_messages || s.bytes >= self.max_bytes;
+        let full = self.is_full(&s);
         let wake = s.items.len() == 1 || s.items.len() == WAKE_AT || full;
         if s.items.len().is_multiple_of(4096) {
             record_depth(&s);
@@ -147,9 +163,9 @@ impl CaptureQueue {
     }
 
     /// Queues a message, waiting for room.
-    pub async fn push(&self, mut item: Captured, size: usize) {
+    pub async fn push(&self, mut item: Captured, size: usize, fds: usize) {
         loop {
-            match self.try_push(item, size) {
+            match self.try_push(item, size, fds) {
                 Ok(()) => return,
                 Err(back) => item = back,
             }
@@ -188,7 +204,7 @@ impl CaptureQueue {
         if s.items.is_empty() {
             return if s.closed { Take::Closed } else { Take::Empty };
         }
-        let full = s.messages >= self.max_messages || s.bytes >= self.max_bytes;
+        let full = self.is_full(&s);
         if may_linger && !s.closed && !full && s.items.len() < WAKE_AT {
             return Take::Linger;
         }
@@ -196,9 +212,10 @@ impl CaptureQueue {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let (item, size) = s.items.pop_front().expect("n items");
-            if let Some(size) = size {
+            if let Some((size, fds)) = size {
                 s.messages -= 1;
                 s.bytes -= size;
+                s.fds -= fds;
             }
             out.push(item);
         }
@@ -392,17 +409,18 @@ async fn drain(
             ask_credentials(resolver.clone(), joined, creds.clone());
         }
         let size = msg.data().len();
+        let fds = msg.data().fds().len();
         let item = Captured::Message { msg, captured_ns };
         match policy {
-            QueuePolicy::Block => queue.push(item, size).await,
+            QueuePolicy::Block => queue.push(item, size, fds).await,
             QueuePolicy::Drop => {
                 // A pending gap goes in first, once the next message fits.
                 if overflow.is_some() {
-                    match queue.try_push_after(item, size, &mut overflow) {
+                    match queue.try_push_after(item, size, fds, &mut overflow) {
                         Ok(()) => {}
                         Err(()) => count_drop(&mut overflow, captured_ns),
                     }
-                } else if queue.try_push(item, size).is_err() {
+                } else if queue.try_push(item, size, fds).is_err() {
                     count_drop(&mut overflow, captured_ns);
                 }
             }
@@ -459,17 +477,13 @@ fn flush_overflow(queue: &CaptureQueue, overflow: &mut Option<Gap>) {
 
 impl CaptureQueue {
     /// Queues the pending gap and then the message, if the message fits.
-    fn try_push_after(&self, item: Captured, size: usize, overflow: &mut Option<Gap>) -> Result<(), ()> {
-        {
-            let s = self.lock();
-            let fits = s.messages < self.max_messages && (s.bytes + size <= self.max_bytes || s.messages == 0);
-            if !fits {
-                return Err(());
-            }
+    fn try_push_after(&self, item: Captured, size: usize, fds: usize, overflow: &mut Option<Gap>) -> Result<(), ()> {
+        if !self.fits(&self.lock(), size, fds) {
+            return Err(());
         }
         // One producer: the room seen above can only have grown.
         flush_overflow(self, overflow);
-        self.try_push(item, size).map_err(|_| ())
+        self.try_push(item, size, fds).map_err(|_| ())
     }
 }
 
@@ -505,18 +519,20 @@ mod tests {
     fn bounds_messages_and_bytes_but_not_control_items() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let q = CaptureQueue::new(2, 100);
+            let q = CaptureQueue::new(2, 100, 3);
             // Control items fit regardless; messages are stood in for by gaps
             // pushed through the bounded path with a size.
-            assert!(q.try_push(gap(1), 60).is_ok());
-            assert!(q.try_push(gap(2), 60).is_err(), "over the byte bound");
-            assert!(q.try_push(gap(3), 40).is_ok());
-            assert!(q.try_push(gap(4), 0).is_err(), "over the message bound");
+            assert!(q.try_push(gap(1), 60, 0).is_ok());
+            assert!(q.try_push(gap(2), 60, 0).is_err(), "over the byte bound");
+            assert!(q.try_push(gap(3), 40, 0).is_ok());
+            assert!(q.try_push(gap(4), 0, 0).is_err(), "over the message bound");
             q.push_control(gap(5));
             let got = q.pop_many(10, Duration::ZERO).await;
             assert_eq!(got.len(), 3);
             // Popped messages free their room; an oversized one fits an empty queue.
-            assert!(q.try_push(gap(6), 1000).is_ok());
+            assert!(q.try_push(gap(6), 1000, 0).is_ok());
+            // File descriptors are bounded too.
+            assert!(q.try_push(gap(7), 1, 3).is_err(), "over the fd bound");
             q.close();
             assert_eq!(q.pop_many(10, Duration::ZERO).await.len(), 1);
             assert!(q.pop_many(10, Duration::ZERO).await.is_empty());
@@ -527,10 +543,10 @@ mod tests {
     fn push_waits_for_room() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let q = std::sync::Arc::new(CaptureQueue::new(1, 100));
-            q.try_push(gap(1), 1).ok().unwrap();
+            let q = std::sync::Arc::new(CaptureQueue::new(1, 100, 10));
+            q.try_push(gap(1), 1, 0).ok().unwrap();
             let q2 = q.clone();
-            let waiter = tokio::spawn(async move { q2.push(gap(2), 1).await });
+            let waiter = tokio::spawn(async move { q2.push(gap(2), 1, 0).await });
             tokio::task::yield_now().await;
             assert!(!waiter.is_finished());
             assert_eq!(q.pop_many(1, Duration::ZERO).await.len(), 1);
