@@ -49,6 +49,9 @@ pub struct DbusIngest {
     filter: Filter,
     own: OwnNames,
     names: Names,
+    /// The unique names of the capture's connections, as of the last
+    /// `Connected` item processed.
+    capture_own: Vec<String>,
     creds: CredsCache,
     resolver: Option<zbus::Connection>,
     decoder: BodyDecoder,
@@ -94,6 +97,7 @@ impl DbusIngest {
             filter,
             own,
             names: Names::new(),
+            capture_own: Vec::new(),
             creds,
             resolver: None,
             decoder: BodyDecoder::new(),
@@ -205,14 +209,20 @@ impl DbusIngest {
     /// Applies control items and name changes in order; returns the events
     /// to record (credentials filled in later).
     fn map_items(&mut self, items: Vec<Captured>) -> Vec<RawEvent> {
-        let own = self.own.snapshot();
+        // The service's name from the registry (its connection comes and
+        // goes on its own), the capture's own names in bus order.
+        let mut own = self.own.snapshot();
+        own.extend(self.capture_own.iter().cloned());
         let mut out = Vec::with_capacity(items.len());
         let (mut filtered, mut recorded) = (0u64, 0u64);
         for item in items {
             match item {
-                Captured::Connected { names, resolver } => {
+                Captured::Connected { names, resolver, own: capture_own } => {
                     self.names = *names;
                     self.resolver = Some(resolver);
+                    own.retain(|n| !self.capture_own.contains(n));
+                    own.extend(capture_own.iter().cloned());
+                    self.capture_own = capture_own;
                 }
                 Captured::Gap(g) => out.push(gap_event(&g, &self.bus)),
                 Captured::Message { msg, captured_ns } => match self.map_message(&msg, captured_ns, &own) {

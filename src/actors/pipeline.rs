@@ -215,12 +215,12 @@ pub async fn attach_bus(
         let (opened_tx, opened) = oneshot::channel();
         let creds = crate::bus::names::CredsCache::default();
         {
-            let (queue, own, stop, creds) = (queue.clone(), own.clone(), stop.clone(), creds.clone());
+            let (queue, stop, creds) = (queue.clone(), stop.clone(), creds.clone());
             capture.spawn(async move {
-                match open_monitor(&cfg.address, &cfg.rules, &own).await {
+                match open_monitor(&cfg.address, &cfg.rules).await {
                     Ok(first) => {
                         let _ = opened_tx.send(Ok(()));
-                        run_capture(cfg, first, queue, own, stop, creds).await;
+                        run_capture(cfg, first, queue, stop, creds).await;
                     }
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));

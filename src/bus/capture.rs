@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use super::names::{CredsCache, Names};
-use super::{connect, BusError, OwnNames};
+use super::{connect, BusError};
 use crate::codec::now_ns;
 use crate::config::{BusAddress, QueuePolicy};
 use crate::metrics as m;
@@ -69,11 +69,14 @@ pub enum Captured {
         captured_ns: i64,
     },
     Gap(Gap),
-    /// A (re)connection: the names owned at that moment, and the ordinary
-    /// connection to look up senders' credentials with.
+    /// A (re)connection: the names owned at that moment, the ordinary
+    /// connection to look up senders' credentials with, and the unique names
+    /// of the capture's own two connections, which apply from here on in
+    /// bus order (a restarted bus hands the same names to others).
     Connected {
         names: Box<Names>,
         resolver: zbus::Connection,
+        own: Vec<String>,
     },
 }
 
@@ -242,18 +245,19 @@ pub struct Monitor {
     stream: zbus::MessageStream,
     _conn: zbus::Connection,
     resolver: zbus::Connection,
+    /// The unique names of the resolver and the monitor.
+    own: Vec<String>,
 }
 
 /// Connects twice: an ordinary connection, which reads who owns which name
 /// now and later looks up credentials (a monitor may not send), and the
 /// monitor. The names are read before `BecomeMonitor`, so that every
 /// `NameOwnerChanged` after them is in the stream.
-pub async fn open_monitor(addr: &BusAddress, rules: &[String], own: &OwnNames) -> Result<(Monitor, Names), BusError> {
+pub async fn open_monitor(addr: &BusAddress, rules: &[String]) -> Result<(Monitor, Names), BusError> {
     let resolver = connect(addr).await?;
-    own.set("resolver", resolver.unique_name().map(|n| n.as_str()));
     let names = read_names(&resolver).await?;
     let conn = connect(addr).await?;
-    own.set("monitor", conn.unique_name().map(|n| n.as_str()));
+    let own = [&resolver, &conn].iter().filter_map(|c| c.unique_name().map(|n| n.to_string())).collect();
     // The stream must exist before BecomeMonitor, or the first messages are missed.
     let stream = zbus::MessageStream::from(&conn);
     let mut parsed = Vec::with_capacity(rules.len());
@@ -267,7 +271,7 @@ pub async fn open_monitor(addr: &BusAddress, rules: &[String], own: &OwnNames) -
             other => BusError::Monitor { bus: addr.to_string(), source: other.into() },
         });
     }
-    Ok((Monitor { stream, _conn: conn, resolver }, names))
+    Ok((Monitor { stream, _conn: conn, resolver, own }, names))
 }
 
 async fn read_names(conn: &zbus::Connection) -> Result<Names, BusError> {
@@ -301,7 +305,6 @@ pub async fn run_capture(
     cfg: CaptureConfig,
     first: (Monitor, Names),
     queue: std::sync::Arc<CaptureQueue>,
-    own: OwnNames,
     stop: std::sync::Arc<Notify>,
     creds: CredsCache,
 ) {
@@ -310,14 +313,18 @@ pub async fn run_capture(
     loop {
         let (monitor, names) = match next.take() {
             Some(m) => m,
-            None => match reconnect(&cfg, &own, &stop).await {
+            None => match reconnect(&cfg, &stop).await {
                 Some(m) => m,
                 None => break,
             },
         };
         // A new bus instance hands out the same unique names again.
         creds.clear();
-        queue.push_control(Captured::Connected { names: Box::new(names), resolver: monitor.resolver.clone() });
+        queue.push_control(Captured::Connected {
+            names: Box::new(names),
+            resolver: monitor.resolver.clone(),
+            own: monitor.own.clone(),
+        });
         if let Some(since) = outage_since.take() {
             let back = now_ns();
             tracing::info!(bus = %cfg.address, "bus connection is back; recording the outage as a gap");
@@ -487,14 +494,14 @@ impl CaptureQueue {
     }
 }
 
-async fn reconnect(cfg: &CaptureConfig, own: &OwnNames, stop: &Notify) -> Option<(Monitor, Names)> {
+async fn reconnect(cfg: &CaptureConfig, stop: &Notify) -> Option<(Monitor, Names)> {
     let mut delay = Duration::from_millis(100);
     loop {
         tokio::select! {
             _ = stop.notified() => return None,
             _ = tokio::time::sleep(delay) => {}
         }
-        match open_monitor(&cfg.address, &cfg.rules, own).await {
+        match open_monitor(&cfg.address, &cfg.rules).await {
             Ok(m) => {
                 metrics::counter!(m::BUS_RECONNECTS).increment(1);
                 return Some(m);
