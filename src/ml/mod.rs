@@ -1,0 +1,199 @@
+//! Sentence embeddings with ONNX Runtime (the ML vector levels): the
+//! runtime library is loaded at run time from the model dir (the PyPI
+//! `onnxruntime` wheel's, installed by `make models`), the tokenizer is the
+//! models' `tokenizer.json` with its fixed 128-token padding replaced by
+//! padding to the longest text of each batch, and the token embeddings are
+//! mean-pooled over the attention mask and L2-normalized. Loading never
+//! panics: a missing or corrupt library or model is an error the caller
+//! turns into the heuristic fallback.
+//!
+//! Not wired into the pipeline yet (issue 5): this is the engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::Session;
+use ort::value::Tensor;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+/// The ML levels' models, by the folder they live in under the model dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// `low`: paraphrase-MiniLM-L3-v2 (fp32), inputs ids and mask.
+    MiniLmL3,
+    /// `medium`: all-MiniLM-L6-v2 (int8 weights, fp32 compute), inputs ids, mask, type ids.
+    MiniLmL6,
+}
+
+impl ModelKind {
+    pub fn id(self) -> &'static str {
+        match self {
+            ModelKind::MiniLmL3 => "paraphrase-MiniLM-L3-v2",
+            ModelKind::MiniLmL6 => "all-MiniLM-L6-v2",
+        }
+    }
+
+    pub fn dims(self) -> usize {
+        384
+    }
+
+    fn token_output(self) -> &'static str {
+        match self {
+            ModelKind::MiniLmL3 => "onnx::Shape_422",
+            ModelKind::MiniLmL6 => "last_hidden_state",
+        }
+    }
+
+    fn max_tokens(self) -> usize {
+        match self {
+            ModelKind::MiniLmL3 => 128,
+            ModelKind::MiniLmL6 => 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MlError {
+    #[error("cannot load ONNX Runtime from {path}: {detail}; run `make models`")]
+    Runtime { path: PathBuf, detail: String },
+    #[error("cannot load model {model} from {path}: {detail}; run `make models`")]
+    Model { model: &'static str, path: PathBuf, detail: String },
+    #[error("embedding failed: {0}")]
+    Run(String),
+}
+
+/// The runtime, loaded once per process (ort keeps the first success).
+static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads `<model_dir>/onnxruntime/libonnxruntime.so`. Must succeed before
+/// any other ort call: ort would otherwise look for a library on its own
+/// and panic if it finds none.
+pub fn load_runtime(model_dir: &Path) -> Result<&'static ort::environment::Environment, MlError> {
+    let path = model_dir.join("onnxruntime").join("libonnxruntime.so");
+    let r = RUNTIME.get_or_init(|| {
+        if !path.is_file() {
+            return Err("no such file".to_string());
+        }
+        let builder = ort::init_from(&path).map_err(|e| e.to_string())?;
+        builder.with_name("op-dbus").build().map_err(|e| e.to_string())
+    });
+    r.as_ref().map_err(|detail| MlError::Runtime { path, detail: detail.clone() })
+}
+
+pub struct Embedder {
+    kind: ModelKind,
+    session: Session,
+    tokenizer: Tokenizer,
+    token_type_ids: bool,
+}
+
+impl Embedder {
+    /// Loads `<model_dir>/<model id>/{model.onnx,tokenizer.json}` to run on
+    /// `threads` threads.
+    pub fn load(model_dir: &Path, kind: ModelKind, threads: usize) -> Result<Embedder, MlError> {
+        let env = load_runtime(model_dir)?;
+        let dir = model_dir.join(kind.id());
+        let err = |path: &Path, detail: String| MlError::Model { model: kind.id(), path: path.to_path_buf(), detail };
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| err(&tok_path, e.to_string()))?;
+        // The file pads every text to 128 tokens; pad each batch to its
+        // longest text instead (most D-Bus texts are ~20 tokens).
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id: 0,
+            pad_type_id: 0,
+            pad_token: "[PAD]".into(),
+            ..Default::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: kind.max_tokens(), ..Default::default() }))
+            .map_err(|e| err(&tok_path, e.to_string()))?;
+        let model_path = dir.join("model.onnx");
+        if !model_path.is_file() {
+            return Err(err(&model_path, "no such file".into()));
+        }
+        let session = Session::builder(env)
+            .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(ort::Error::<()>::from))
+            .and_then(|mut b| b.commit_from_file(&model_path))
+            .map_err(|e| err(&model_path, e.to_string()))?;
+        let token_type_ids = session.inputs().iter().any(|i| i.name() == "token_type_ids");
+        Ok(Embedder { kind, session, tokenizer, token_type_ids })
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// One unit-length vector per text.
+    pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, MlError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run = |e: String| MlError::Run(e);
+        let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| run(e.to_string()))?;
+        let (batch, seq) = (encs.len(), encs[0].get_ids().len());
+        let mut ids = Vec::with_capacity(batch * seq);
+        let mut mask = Vec::with_capacity(batch * seq);
+        let mut types = Vec::with_capacity(batch * seq);
+        for e in &encs {
+            ids.extend(e.get_ids().iter().map(|&x| x as i64));
+            mask.extend(e.get_attention_mask().iter().map(|&x| x as i64));
+            types.extend(e.get_type_ids().iter().map(|&x| x as i64));
+        }
+        let tensor = |v: Vec<i64>| Tensor::from_array(([batch, seq], v)).map_err(|e| run(e.to_string()));
+        let (ids_t, mask_t) = (tensor(ids)?, tensor(mask.clone())?);
+        let outputs = if self.token_type_ids {
+            let types_t = tensor(types)?;
+            self.session
+                .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t, "token_type_ids" => types_t])
+        } else {
+            self.session.run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+        }
+        .map_err(|e| run(e.to_string()))?;
+        let (shape, data) =
+            outputs[self.kind.token_output()].try_extract_tensor::<f32>().map_err(|e| run(e.to_string()))?;
+        let dims = shape[2] as usize;
+        Ok((0..batch)
+            .map(|b| mean_pool(&data[b * seq * dims..(b + 1) * seq * dims], &mask[b * seq..(b + 1) * seq], dims))
+            .collect())
+    }
+}
+
+/// Mean of the token vectors the mask keeps, scaled to unit length.
+fn mean_pool(tokens: &[f32], mask: &[i64], dims: usize) -> Vec<f32> {
+    let mut out = vec![0f32; dims];
+    let mut n = 0f32;
+    for (t, &m) in tokens.chunks_exact(dims).zip(mask) {
+        if m != 0 {
+            n += 1.0;
+            out.iter_mut().zip(t).for_each(|(o, x)| *o += x);
+        }
+    }
+    let n = n.max(1.0);
+    out.iter_mut().for_each(|o| *o /= n);
+    let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    out.iter_mut().for_each(|o| *o /= norm);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_skips_padding_and_normalizes() {
+        let tokens = [1.0, 0.0, 3.0, 0.0, 100.0, 100.0];
+        let v = mean_pool(&tokens, &[1, 1, 0], 2);
+        assert_eq!(v, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn a_missing_runtime_is_an_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        // Only when no runtime was loaded yet in this test process.
+        if RUNTIME.get().is_none() {
+            let e = Embedder::load(d.path(), ModelKind::MiniLmL6, 1).err().expect("no runtime there");
+            assert!(e.to_string().contains("make models"), "{e}");
+        }
+    }
+}
