@@ -54,3 +54,72 @@ fn a_truncated_model_is_an_error() {
     let e = Embedder::load(dir.path(), ModelKind::MiniLmL3, 1).err().expect("a missing model must not load");
     assert!(e.to_string().contains("make models"), "{e}");
 }
+
+/// On a labelled set of systemd / logind / NetworkManager-style events,
+/// turned into text with `text-v1`, a query's nearest events are the
+/// related ones.
+#[test]
+fn related_events_rank_above_unrelated_ones() {
+    use op_dbus::codec::Value;
+    use op_dbus::ml::text::input_text;
+    let s = |x: &str| Value::Str(x.into());
+    let job = |unit: &str, result: &str| {
+        (
+            "units",
+            input_text(
+                "org.freedesktop.systemd1",
+                "org.freedesktop.systemd1.Manager.JobRemoved",
+                Some("/org/freedesktop/systemd1"),
+                &Value::Array(vec![Value::UInt(7), s("/org/freedesktop/systemd1/job/7"), s(unit), s(result)]),
+            ),
+        )
+    };
+    let session = |op: &str, id: &str, user: &str| {
+        (
+            "sessions",
+            input_text(
+                "org.freedesktop.login1",
+                &format!("org.freedesktop.login1.Manager.{op}"),
+                Some("/org/freedesktop/login1"),
+                &Value::Array(vec![s(id), s(&format!("/org/freedesktop/login1/session/_3{id}")), s(user)]),
+            ),
+        )
+    };
+    let net = |state: &str| {
+        (
+            "network",
+            input_text(
+                "org.freedesktop.NetworkManager",
+                "org.freedesktop.NetworkManager.StateChanged",
+                Some("/org/freedesktop/NetworkManager"),
+                &Value::Array(vec![s(state)]),
+            ),
+        )
+    };
+    let events = [
+        job("nginx.service", "failed"),
+        job("sshd.service", "failed"),
+        job("postgresql.service", "failed"),
+        session("SessionNew", "2", "alice"),
+        session("SessionNew", "3", "bob"),
+        session("SessionRemoved", "4", "carol"),
+        net("connected global"),
+        net("disconnected"),
+        net("connecting"),
+    ];
+    let mut e = Embedder::load(&model_dir(), ModelKind::MiniLmL6, 2).unwrap();
+    let texts: Vec<&str> = events.iter().map(|(_, t)| t.as_str()).collect();
+    let vecs = e.embed(&texts).unwrap();
+    for (query, label) in [
+        ("a system service failed to start", "units"),
+        ("a user logged in and opened a session", "sessions"),
+        ("network connectivity went down", "network"),
+    ] {
+        let q = e.embed(&[query]).unwrap().remove(0);
+        let mut scored: Vec<(f32, &str)> =
+            vecs.iter().zip(&events).map(|(v, (l, _))| (v.iter().zip(&q).map(|(a, b)| a * b).sum(), *l)).collect();
+        scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
+        let top: Vec<&str> = scored.iter().take(3).map(|(_, l)| *l).collect();
+        assert_eq!(top, [label; 3], "{query:?}: {scored:?}");
+    }
+}

@@ -9,6 +9,8 @@
 //!
 //! Not wired into the pipeline yet (issue 5): this is the engine.
 
+pub mod text;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
