@@ -155,7 +155,9 @@ fn every_argument_type_becomes_a_block_with_exact_data() {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::start(&dir.path().join("bus"));
     let d = Daemon::start(&bus, &dir.path().join("state"), "");
-    bus.emit(&["types"]);
+    // The emitter stays a moment, so its credentials can be asked even on a
+    // loaded machine (a sender that exits at once may be recorded without).
+    bus.emit(&["--linger-ms", "500", "types"]);
     let blocks = d.wait_log("7 test signals", |b| test_signals(b).len() >= 7);
     let by: std::collections::HashMap<&str, &Value> =
         test_signals(&blocks).into_iter().map(|b| (member(b), b)).collect();

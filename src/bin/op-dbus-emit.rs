@@ -24,6 +24,10 @@ struct Cli {
     /// Bus address (unix:path=...), or system / session
     #[arg(long)]
     bus: String,
+    /// Stay connected this long after the last signal (a sender that exits
+    /// at once may be gone before a recorder asks for its credentials)
+    #[arg(long, default_value_t = 0)]
+    linger_ms: u64,
     #[command(subcommand)]
     what: What,
 }
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         // Make sure everything left the socket before the process exits.
         let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
         dbus.get_id().await?;
+        tokio::time::sleep(std::time::Duration::from_millis(cli.linger_ms)).await;
         anyhow::Ok(())
     })
 }
