@@ -476,7 +476,8 @@ fn read_methods_answer_from_the_chain() {
     assert_eq!(
         rows.iter().map(|r| r.0).collect::<Vec<_>>(),
         want.iter().map(|b| b["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
-        "systemd1 blocks now: {:?}",
+        "systemd1 blocks when waited: {:?}; now: {:?}",
+        want.iter().map(|b| (b["seq"].clone(), b["operation"].clone())).collect::<Vec<_>>(),
         d.log()
             .iter()
             .filter(|b| b["plugin_id"] == "org.freedesktop.systemd1")
