@@ -353,3 +353,52 @@ fn after_kill_nine_under_load_every_snapshot_verifies() {
     let dirs = std::fs::read_dir(state.join("@snapshots")).unwrap().count();
     assert_eq!(dirs, all.len(), "unfinished snapshot folders were left behind");
 }
+
+/// Requested snapshots racing the timer's: one at a time, never two of the
+/// same head.
+#[test]
+fn requested_and_timed_snapshots_never_duplicate_a_head() {
+    use op_dbus::actors::pipeline::{spawn_pipeline, PipelineConfig};
+    use op_dbus::codec::{Source, Value};
+    use op_dbus::config::{Config, SnapshotConfig};
+    use op_dbus::messages::RawEvent;
+    use op_dbus::storage::retention::{Interval, Retention};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fs = LoopBtrfs::new(dir.path(), 400);
+    let state = fs.mount.join("state");
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let mut cfg =
+            PipelineConfig { layout: op_dbus::chain::Layout::new(&state, None), ..Config::default().pipeline() };
+        cfg.snapshot = SnapshotConfig {
+            interval: Interval::Every(Duration::from_millis(20)),
+            retention: Retention { recent: 100_000, ..Default::default() },
+        };
+        let p = spawn_pipeline(cfg).unwrap();
+        for i in 0..40u64 {
+            let e = RawEvent {
+                source: Source::Submit,
+                plugin_id: "org.example.app".into(),
+                operation: "org.example.app.Changed".into(),
+                path: None,
+                sender: None,
+                creds: None,
+                captured_ns: op_dbus::codec::now_ns(),
+                signature: String::new(),
+                data: Value::UInt(i),
+            };
+            p.submit(vec![e]).await.unwrap();
+            let _ = p.snapshot_now().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(7)).await;
+        }
+        p.shutdown(Duration::from_secs(60)).await.unwrap();
+    });
+    let heads: Vec<u64> = list(&state).iter().map(|s| s["head_seq"].as_u64().unwrap()).collect();
+    let mut dedup = heads.clone();
+    dedup.dedup();
+    assert_eq!(heads, dedup, "two snapshots of one head");
+    assert!(heads.len() >= 20, "{heads:?}");
+    common::run(&state, &["snapshots", "verify"]).expect_code(0);
+}

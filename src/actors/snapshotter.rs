@@ -45,6 +45,7 @@ pub struct Snapshotter {
     protected: Box<dyn Fn() -> Vec<String> + Send>,
     last_head: Option<u64>,
     busy: bool,
+    turn: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Snapshotter {
@@ -69,6 +70,7 @@ impl Snapshotter {
             protected,
             last_head,
             busy: false,
+            turn: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -190,11 +192,21 @@ fn take_and_record(
     reason: &'static str,
 ) -> impl ActorFuture<Snapshotter, Output = Result<Option<SnapshotMeta>, String>> {
     act.busy = true;
-    let writer = act.writer.clone();
-    let unless = act.last_head;
-    async move { writer.send(TakeSnapshot { unless_head: unless }).await.map_err(|e| e.to_string())? }
+    // One snapshot at a time: a requested or final snapshot arriving while
+    // a timed one is in flight waits for it, then sees what it covered.
+    let turn = act.turn.clone();
+    async move { turn.acquire_owned().await.expect("never closed") }
         .into_actor(act)
-        .then(move |taken, act, _| {
+        .then(|permit, act, _| {
+            let writer = act.writer.clone();
+            let unless = act.last_head;
+            async move {
+                let taken = writer.send(TakeSnapshot { unless_head: unless }).await.map_err(|e| e.to_string());
+                (permit, taken.and_then(|r| r))
+            }
+            .into_actor(act)
+        })
+        .then(move |(permit, taken), act, _| {
             let source = act.source.clone();
             let meta = taken.clone();
             async move {
@@ -218,8 +230,11 @@ fn take_and_record(
                 Ok(Some((meta, covered)))
             }
             .into_actor(act)
+            .map(move |r, _, _| (permit, r))
         })
-        .map(move |r: Result<Option<(SnapshotMeta, u64)>, String>, act, _| {
+        .map(move |(permit, r): (_, Result<Option<(SnapshotMeta, u64)>, String>), act, _| {
+            // Released once `last_head` says what this snapshot covered.
+            let _permit: tokio::sync::OwnedSemaphorePermit = permit;
             act.busy = false;
             let r = r.map(|o| {
                 o.map(|(meta, covered)| {
