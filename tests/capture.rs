@@ -13,8 +13,9 @@ use std::time::Duration;
 use op_dbus::actors::pipeline::{attach_bus, spawn_pipeline, Faults, PipelineConfig};
 use op_dbus::chain::{reader, Layout};
 use op_dbus::codec::Value;
-use op_dbus::config::{BusAddress, BusConfig, QueuePolicy, ServiceConfig, VectorLevel};
+use op_dbus::config::{BusAddress, BusConfig, Config, QueuePolicy, ServiceConfig, SnapshotConfig};
 use op_dbus::import::Limits;
+use op_dbus::storage::retention::Interval;
 use private_bus::Bus;
 
 const N: u64 = 3000;
@@ -35,20 +36,13 @@ fn record(policy: QueuePolicy) -> Recorded {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::start(&dir.path().join("bus"));
     let state = dir.path().join("state");
+    // The product defaults, but snapshots off and a slow disk.
     let cfg = PipelineConfig {
         layout: Layout::new(&state, None),
         max_batch: 64,
-        max_wait: Duration::ZERO,
-        segment_max_bytes: 1 << 20,
-        vector_level: VectorLevel::Heuristic,
-        max_data_bytes: 1 << 20,
-        index_sync_interval: Duration::from_millis(100),
-        replicas: Vec::new(),
-        snapshot: op_dbus::config::SnapshotConfig {
-            interval: op_dbus::storage::retention::Interval::Off,
-            ..Default::default()
-        },
+        snapshot: SnapshotConfig { interval: Interval::Off, ..Default::default() },
         faults: Faults { commit_delay: Some(Duration::from_millis(20)), ..Default::default() },
+        ..Config::default().pipeline()
     };
     let bus_cfg = BusConfig {
         address: BusAddress::Address(bus.address.clone()),

@@ -33,6 +33,36 @@ fn list(state: &Path) -> Vec<Value> {
     common::run(state, &["snapshots", "list", "--json"]).json_lines()
 }
 
+/// An event for the in-process pipeline tests.
+fn event(i: u64) -> op_dbus::messages::RawEvent {
+    op_dbus::messages::RawEvent {
+        source: op_dbus::codec::Source::Submit,
+        plugin_id: "org.example.app".into(),
+        operation: "org.example.app.Changed".into(),
+        path: None,
+        sender: None,
+        creds: None,
+        captured_ns: op_dbus::codec::now_ns(),
+        signature: String::new(),
+        data: op_dbus::codec::Value::UInt(i),
+    }
+}
+
+/// An in-process pipeline at the product defaults, snapshotting every
+/// `period` (not an interval the configuration accepts: the timer is the
+/// same code at any period) and keeping every snapshot.
+fn timed_pipeline(state: &Path, period: std::time::Duration) -> op_dbus::actors::pipeline::Pipeline {
+    use op_dbus::actors::pipeline::{spawn_pipeline, PipelineConfig};
+    use op_dbus::config::{Config, SnapshotConfig};
+    use op_dbus::storage::retention::{Interval, Retention};
+    let mut cfg = PipelineConfig { layout: op_dbus::chain::Layout::new(state, None), ..Config::default().pipeline() };
+    cfg.snapshot = SnapshotConfig {
+        interval: Interval::Every(period),
+        retention: Retention { recent: 100_000, ..Default::default() },
+    };
+    spawn_pipeline(cfg).unwrap()
+}
+
 fn is_subvolume(p: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p).unwrap().ino() == 256
@@ -210,35 +240,14 @@ fn off_btrfs_snapshots_are_hard_links_and_copies_that_verify() {
 /// twice for the same head, and a final one at shutdown.
 #[test]
 fn timed_snapshots_run_from_a_timer_and_one_is_taken_at_shutdown() {
-    use op_dbus::actors::pipeline::{spawn_pipeline, PipelineConfig};
-    use op_dbus::codec::{Source, Value};
-    use op_dbus::config::{Config, SnapshotConfig};
-    use op_dbus::messages::RawEvent;
-    use op_dbus::storage::retention::Interval;
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
     let fs = LoopBtrfs::new(dir.path(), 300);
     let state = fs.mount.join("state");
-    let event = |i: u64| RawEvent {
-        source: Source::Submit,
-        plugin_id: "org.example.app".into(),
-        operation: "org.example.app.Changed".into(),
-        path: None,
-        sender: None,
-        creds: None,
-        captured_ns: op_dbus::codec::now_ns(),
-        signature: String::new(),
-        data: Value::UInt(i),
-    };
     let system = actix_rt::System::new();
     let (during, final_head) = system.block_on(async {
-        let mut cfg =
-            PipelineConfig { layout: op_dbus::chain::Layout::new(&state, None), ..Config::default().pipeline() };
-        // Not an interval the configuration accepts, but the timer is the
-        // same code at any period.
-        cfg.snapshot = SnapshotConfig { interval: Interval::Every(Duration::from_millis(300)), ..Default::default() };
-        let p = spawn_pipeline(cfg).unwrap();
+        let p = timed_pipeline(&state, Duration::from_millis(300));
         for i in 0..50 {
             p.submit(vec![event(i)]).await.unwrap();
         }
@@ -358,11 +367,6 @@ fn after_kill_nine_under_load_every_snapshot_verifies() {
 /// same head.
 #[test]
 fn requested_and_timed_snapshots_never_duplicate_a_head() {
-    use op_dbus::actors::pipeline::{spawn_pipeline, PipelineConfig};
-    use op_dbus::codec::{Source, Value};
-    use op_dbus::config::{Config, SnapshotConfig};
-    use op_dbus::messages::RawEvent;
-    use op_dbus::storage::retention::{Interval, Retention};
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
@@ -370,26 +374,9 @@ fn requested_and_timed_snapshots_never_duplicate_a_head() {
     let state = fs.mount.join("state");
     let system = actix_rt::System::new();
     system.block_on(async {
-        let mut cfg =
-            PipelineConfig { layout: op_dbus::chain::Layout::new(&state, None), ..Config::default().pipeline() };
-        cfg.snapshot = SnapshotConfig {
-            interval: Interval::Every(Duration::from_millis(20)),
-            retention: Retention { recent: 100_000, ..Default::default() },
-        };
-        let p = spawn_pipeline(cfg).unwrap();
+        let p = timed_pipeline(&state, Duration::from_millis(20));
         for i in 0..40u64 {
-            let e = RawEvent {
-                source: Source::Submit,
-                plugin_id: "org.example.app".into(),
-                operation: "org.example.app.Changed".into(),
-                path: None,
-                sender: None,
-                creds: None,
-                captured_ns: op_dbus::codec::now_ns(),
-                signature: String::new(),
-                data: Value::UInt(i),
-            };
-            p.submit(vec![e]).await.unwrap();
+            p.submit(vec![event(i)]).await.unwrap();
             let _ = p.snapshot_now().await.unwrap();
             tokio::time::sleep(Duration::from_millis(7)).await;
         }

@@ -53,14 +53,18 @@ impl Replicator {
         let newest = snapshot::list(&self.layout).pop();
         let head = self.health.chain_height.load(std::sync::atomic::Ordering::Acquire);
         let now = Instant::now();
+        let mut all = replicate::load_progress(&self.layout);
         for r in self.replicas.clone() {
-            let progress = replicate::load_progress(&self.layout).remove(&r.name).unwrap_or_default();
+            let progress = all.remove(&r.name).unwrap_or_default();
             let behind = newest.as_ref().is_some_and(|n| progress.acked.as_deref() != Some(n.name.as_str()));
             let waiting = self.backoff.get(&r.name).is_some_and(|(at, _)| now < *at);
-            if behind && !waiting {
+            // An attempt updates the progress file: read this replica's again.
+            let progress = if behind && !waiting {
                 self.attempt(&r);
-            }
-            let progress = replicate::load_progress(&self.layout).remove(&r.name).unwrap_or_default();
+                replicate::load_progress(&self.layout).remove(&r.name).unwrap_or_default()
+            } else {
+                progress
+            };
             let label = r.name.clone();
             let lag_records = head.saturating_sub(progress.acked_head_seq.map_or(0, |s| s + 1));
             metrics::gauge!(m::REPLICATION_LAG_RECORDS, "replica" => label.clone()).set(lag_records as f64);
