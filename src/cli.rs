@@ -70,6 +70,10 @@ pub enum Command {
     /// Take a snapshot now (through the running daemon if there is one).
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Semantic search: the blocks whose search vectors are nearest to TEXT.
+    Search(SearchArgs),
+    /// Compute the search vectors the chain lacks for the vector level, now.
+    Embed(EmbedArgs),
     /// Send the newest snapshot to each replica that lacks it (one pass).
     Replicate {
         /// Only this replica
@@ -194,6 +198,41 @@ pub struct LogArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// What to look for, in words (at the heuristic level: bus names, operations, paths, verbs)
+    pub text: String,
+    /// How many results
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Captured at or after this time (RFC 3339 or ns since the epoch)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Captured before this time (RFC 3339 or ns since the epoch)
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub plugin: Option<String>,
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// Search this level's vectors [default: the level the daemon uses, else vector.level]
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Fill the store of the level's model from the chain (the daemon does this itself while it runs)
+    #[arg(long, required = true)]
+    pub backfill: bool,
+    /// Vector level [env: OP_DBUS_VECTOR_LEVEL; default: vector.level]
+    #[arg(long)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ShowArgs {
     /// A seq number or a block hash (64 hex digits)
     pub id: String,
@@ -265,6 +304,14 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Snapshots(c) => snapshots_cmd(&existing(load_config(&cli.global, Overrides::default())?)?, c),
         Command::Snapshot(SnapshotCmd::Now { bus }) => {
             snapshot_now(&existing(load_config(&cli.global, Overrides::default())?)?, bus.as_deref())
+        }
+        Command::Search(a) => {
+            let flags = Overrides { vector_level: a.level.clone(), ..Default::default() };
+            search_cmd(&existing(load_config(&cli.global, flags)?)?, &a)
+        }
+        Command::Embed(a) => {
+            let flags = Overrides { vector_level: a.level.clone(), ..Default::default() };
+            embed_cmd(&existing(load_config(&cli.global, flags)?)?)
         }
         Command::Replicate { replica } => {
             replicate_cmd(&existing(load_config(&cli.global, Overrides::default())?)?, replica.as_deref())
@@ -934,6 +981,15 @@ fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
     });
     let fs = crate::storage::filesystem_type(&layout.state_dir);
     let storage = crate::storage::describe(&[&layout.timing, &layout.vectors, &layout.cache]);
+    // What the daemon (or the last backfill) said it uses, and how far its
+    // store reaches.
+    let vstate = crate::ml::engine::read_state(&layout.state_dir);
+    let vmodel = vstate.as_ref().and_then(|s| s.get("model")?.as_str().map(str::to_string));
+    let vfallback = vstate.as_ref().and_then(|s| s.get("fallback")?.as_str().map(str::to_string));
+    let vstored = vmodel
+        .as_deref()
+        .and_then(|m| crate::ml::store::StoreReader::open(&layout, m).ok().flatten())
+        .map_or(0, |r| r.len());
     let j = json!({
         "state_dir": layout.state_dir,
         "filesystem": fs,
@@ -954,6 +1010,13 @@ fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
             "bytes": index_bytes,
         },
         "vector_level": cfg.vector_level.as_str(),
+        "vectors": {
+            "level": vstate.as_ref().and_then(|s| s.get("level").cloned()),
+            "model": vmodel,
+            "fallback": vfallback,
+            "stored": vstored,
+            "lag": head.next_seq.saturating_sub(vstored),
+        },
     });
     if as_json {
         println!("{j}");
@@ -973,7 +1036,135 @@ fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
             }
             None => println!("index       absent (run `op-dbus reindex`)"),
         }
-        println!("vectors     level {}", cfg.vector_level.as_str());
+        match (&vmodel, vstate.as_ref().and_then(|s| s.get("level")?.as_str().map(str::to_string))) {
+            (Some(m), Some(level)) => {
+                println!(
+                    "vectors     level {level}: {m}, {vstored} blocks searchable ({} behind)",
+                    head.next_seq.saturating_sub(vstored)
+                );
+                if let Some(r) = &vfallback {
+                    println!("            FALLBACK: the level's model did not load: {r}");
+                }
+            }
+            _ => println!("vectors     level {} (no search vectors yet)", cfg.vector_level.as_str()),
+        }
+    }
+    Ok(0)
+}
+
+fn engine_config(cfg: &Config) -> crate::ml::engine::EngineConfig {
+    crate::ml::engine::EngineConfig {
+        level: cfg.vector_level,
+        model_dir: cfg.model_dir.clone(),
+        precision: cfg.vector.precision,
+        threads: cfg.vector.threads,
+        batch: cfg.vector.batch,
+    }
+}
+
+fn search_cmd(cfg: &Config, a: &SearchArgs) -> Result<u8, Failure> {
+    use crate::ml::engine::{self, Engine};
+    use crate::ml::ModelSpec;
+    let layout = cfg.layout();
+    let filter = Filter {
+        since: a.since.as_deref().map(|s| parse_time("since", s)).transpose().map_err(usage)?,
+        until: a.until.as_deref().map(|s| parse_time("until", s)).transpose().map_err(usage)?,
+        plugin: a.plugin.clone(),
+        operation: a.operation.clone(),
+        limit: None,
+    };
+    if cfg.vector_level == crate::config::VectorLevel::None {
+        return Err(usage(anyhow::anyhow!("vector level none stores no vectors: nothing to search")));
+    }
+    // The model the daemon uses (it may have fallen back), unless a level
+    // was asked for.
+    let recorded = engine::read_state(&layout.state_dir)
+        .filter(|_| a.level.is_none())
+        .and_then(|s| s.get("model").and_then(|m| m.as_str()).map(str::to_string));
+    let id = recorded.unwrap_or_else(|| match engine::model_of(cfg.vector_level) {
+        Some(kind) => ModelSpec { kind, precision: cfg.vector.precision }.id(),
+        None => crate::vector::HEURISTIC_MODEL.to_string(),
+    });
+    let ml = id != crate::vector::HEURISTIC_MODEL;
+    let cache =
+        if ml { crate::ml::cache::EmbedCache::open(&layout.cache, cfg.vector.cache_entries).ok() } else { None };
+    let mut ecfg = engine_config(cfg);
+    ecfg.threads = ecfg.threads.max(1);
+    let engine = Engine::for_search(&id, &ecfg, cache).map_err(anyhow::Error::from)?;
+    let index = open_index(&layout);
+    let chain = reader::read_head(&layout).map_err(anyhow::Error::from)?.next_seq;
+    let r =
+        crate::ml::search::search(&layout, index.as_ref(), &engine, &a.text, a.k, &filter).map_err(|e| match e {
+            crate::ml::search::SearchError::BadK => usage(e.into()),
+            e => Failure::from(anyhow::Error::from(e)),
+        })?;
+    if a.json {
+        let mut j = serde_json::to_value(&r).map_err(anyhow::Error::from)?;
+        j["chain"] = json!(chain);
+        println!("{j}");
+        return Ok(0);
+    }
+    if r.vectors < chain {
+        eprintln!(
+            "op-dbus: {} of {chain} blocks have {} vectors; the rest are not searched yet (the daemon fills them, or `op-dbus embed --backfill`)",
+            r.vectors, r.model
+        );
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for h in &r.hits {
+        let line = format!("{:>8} {:.3} {} {} {} {}", h.seq, h.score, h.time, h.plugin, h.operation, h.summary);
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+    Ok(0)
+}
+
+fn embed_cmd(cfg: &Config) -> Result<u8, Failure> {
+    use crate::ml::engine::{self, Engine};
+    init_tracing();
+    let layout = cfg.layout();
+    let _lock = lock_state_dir(&layout)?;
+    let ecfg = engine_config(cfg);
+    let cache = engine::model_of(cfg.vector_level)
+        .and_then(|_| crate::ml::cache::EmbedCache::open(&layout.cache, cfg.vector.cache_entries).ok());
+    let Some(engine) = Engine::start(&ecfg, cache) else {
+        return Err(usage(anyhow::anyhow!("vector level none stores no vectors: nothing to embed")));
+    };
+    engine::write_state(&layout.state_dir, cfg.vector_level, &engine).context("cannot write vectors.json")?;
+    let mut store = crate::ml::store::StoreWriter::open(&layout, engine.id(), engine.dims())
+        .context("cannot open the search vector store")?;
+    let to = reader::read_head(&layout).map_err(anyhow::Error::from)?.next_seq;
+    let (from, started) = (store.len(), Instant::now());
+    let (mut hits, mut misses) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    while store.len() < to {
+        let (n, stats) = crate::ml::worker::step(&layout, &engine, &mut store, to)?;
+        if n == 0 {
+            break;
+        }
+        hits += stats.hits;
+        misses += stats.misses;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            eprintln!("embedded {} of {to}", store.len());
+            last_report = Instant::now();
+        }
+    }
+    if let Some(c) = engine.cache() {
+        c.sync().context("cannot sync the embedding cache")?;
+    }
+    let (n, secs) = (store.len() - from, started.elapsed().as_secs_f64());
+    let texts = hits + misses;
+    println!(
+        "embedded {n} blocks with {} in {secs:.2}s ({:.0}/s); {} of {to} have vectors; cache hits {hits} of {texts}{}",
+        engine.id(),
+        n as f64 / secs.max(1e-9),
+        store.len(),
+        if texts > 0 { format!(" ({:.1}%)", 100.0 * hits as f64 / texts as f64) } else { String::new() }
+    );
+    if let Some(reason) = engine.fallback() {
+        eprintln!("op-dbus: the level's model did not load, so {} vectors were used: {reason}", engine.id());
     }
     Ok(0)
 }

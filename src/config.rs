@@ -60,6 +60,7 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     pub vector_level: VectorLevel,
     pub model_dir: PathBuf,
+    pub vector: VectorConfig,
     pub max_batch: usize,
     pub max_wait: Duration,
     pub segment_max_bytes: u64,
@@ -73,6 +74,25 @@ pub struct Config {
     pub service: ServiceConfig,
     pub snapshot: SnapshotConfig,
     pub replicas: Vec<crate::storage::replicate::ReplicaConfig>,
+}
+
+/// The ML vector levels (`[vector]`, beside `level` and `model_dir`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorConfig {
+    /// `int8` (the dynamically quantized model files) or `fp32`.
+    pub precision: crate::ml::Precision,
+    /// ONNX Runtime threads for the vector worker.
+    pub threads: usize,
+    /// Texts embedded per model run (sorted by length first).
+    pub batch: usize,
+    /// Entries the embedding cache keeps (two generations of half each).
+    pub cache_entries: u64,
+}
+
+impl Default for VectorConfig {
+    fn default() -> Self {
+        VectorConfig { precision: crate::ml::Precision::Int8, threads: 2, batch: 32, cache_entries: 1_000_000 }
+    }
 }
 
 /// Snapshots (`[snapshot]`).
@@ -237,6 +257,7 @@ impl Default for Config {
             cache_dir: None,
             vector_level: VectorLevel::Heuristic,
             model_dir: PathBuf::from("/var/lib/op-dbus/models"),
+            vector: VectorConfig::default(),
             max_batch: 4096,
             max_wait: Duration::from_millis(1),
             segment_max_bytes: 64 << 20,
@@ -332,6 +353,10 @@ struct ChainSection {
 struct VectorSection {
     level: Option<String>,
     model_dir: Option<PathBuf>,
+    precision: Option<String>,
+    threads: Option<i64>,
+    batch: Option<i64>,
+    cache_entries: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -465,6 +490,37 @@ impl Config {
             })?;
         }
 
+        let precision = match (env("OP_DBUS_VECTOR_PRECISION"), &fc.vector.precision) {
+            (Some(v), _) => Some(Src { value: v, origin: "environment OP_DBUS_VECTOR_PRECISION".into() }),
+            (None, Some(v)) => Some(Src { value: v.clone(), origin: file_origin.clone() }),
+            _ => None,
+        };
+        if let Some(p) = precision {
+            c.vector.precision = match p.value.trim().to_ascii_lowercase().as_str() {
+                "int8" => crate::ml::Precision::Int8,
+                "fp32" => crate::ml::Precision::Fp32,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "vector.precision",
+                        value: p.value,
+                        origin: p.origin,
+                        allowed: "int8, fp32".into(),
+                    })
+                }
+            };
+        }
+        if let Some(v) = pick_int("vector.threads", None, "OP_DBUS_VECTOR_THREADS", fc.vector.threads)? {
+            c.vector.threads = int_in("vector.threads", v, 1, 64)? as usize;
+        }
+        if let Some(v) = pick_int("vector.batch", None, "OP_DBUS_VECTOR_BATCH", fc.vector.batch)? {
+            c.vector.batch = int_in("vector.batch", v, 1, 1024)? as usize;
+        }
+        if let Some(v) =
+            pick_int("vector.cache_entries", None, "OP_DBUS_VECTOR_CACHE_ENTRIES", fc.vector.cache_entries)?
+        {
+            c.vector.cache_entries = int_in("vector.cache_entries", v, 2, 1 << 32)? as u64;
+        }
+
         if let Some(v) = pick_int("chain.max_batch", flags.max_batch, "OP_DBUS_MAX_BATCH", fc.chain.max_batch)? {
             c.max_batch = int_in("chain.max_batch", v, 1, 65_536)? as usize;
         }
@@ -561,6 +617,8 @@ impl Config {
             max_wait: self.max_wait,
             segment_max_bytes: self.segment_max_bytes,
             vector_level: self.vector_level,
+            model_dir: self.model_dir.clone(),
+            vector: self.vector.clone(),
             max_data_bytes: self.max_data_bytes,
             index_sync_interval: self.index_sync_interval,
             snapshot: self.snapshot.clone(),

@@ -378,6 +378,22 @@ impl Index {
         Ok(out)
     }
 
+    /// Seqs of blocks with this operation, of any plugin, in seq order (a
+    /// walk over the plugin+operation tree: no key starts with the operation).
+    pub fn seqs_of_operation(&self, operation: &str) -> Result<Vec<u64>, IndexError> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb())?;
+        let Some(o) = self.lookup_name(&rtxn, operation)? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in self.by_plugin_op.iter(&rtxn).map_err(self.lmdb())? {
+            let (k, v) = item.map_err(self.lmdb())?;
+            if k.get(4..8) == Some(&o[..]) {
+                out.push(u64::from_be_bytes(v.try_into().expect("8 bytes")));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Number of indexed blocks and the size of the environment on disk.
     pub fn stats(&self) -> Result<(u64, u64), IndexError> {
         let rtxn = self.env.read_txn().map_err(self.lmdb())?;

@@ -45,6 +45,14 @@ pub const REPLICATION_BYTES: &str = "op_dbus_replication_sent_bytes_total";
 pub const REPLICATION_ERRORS: &str = "op_dbus_replication_errors_total";
 pub const FEED_SIGNALS: &str = "op_dbus_feed_signals_total";
 pub const SERVICE_CALLS: &str = "op_dbus_service_calls_total";
+pub const VECTOR_HEIGHT: &str = "op_dbus_vector_height_blocks";
+pub const VECTOR_LAG: &str = "op_dbus_vector_lag_blocks";
+pub const VECTOR_EMBEDDED: &str = "op_dbus_vector_embedded_total";
+pub const VECTOR_DURATION: &str = "op_dbus_vector_batch_duration_seconds";
+pub const VECTOR_ERRORS: &str = "op_dbus_vector_errors_total";
+pub const VECTOR_CACHE_HITS: &str = "op_dbus_vector_cache_hits_total";
+pub const VECTOR_CACHE_MISSES: &str = "op_dbus_vector_cache_misses_total";
+pub const SEARCH_DURATION: &str = "op_dbus_search_duration_seconds";
 
 pub fn describe() {
     describe_counter!(STAGE_RECEIVED, Unit::Count, "events taken from a stage's inbox");
@@ -104,6 +112,14 @@ pub fn describe() {
     describe_counter!(REPLICATION_ERRORS, Unit::Count, "replication attempts that failed (retried with backoff)");
     describe_counter!(FEED_SIGNALS, Unit::Count, "BlocksAppended signals emitted");
     describe_counter!(SERVICE_CALLS, Unit::Count, "org.opdbus.Chain1 method calls, by method and outcome");
+    describe_gauge!(VECTOR_HEIGHT, Unit::Count, "blocks with a search vector of the active model");
+    describe_gauge!(VECTOR_LAG, Unit::Count, "durable blocks without a search vector yet (the vector worker's lag)");
+    describe_counter!(VECTOR_EMBEDDED, Unit::Count, "search vectors stored, by model");
+    describe_histogram!(VECTOR_DURATION, Unit::Seconds, "time to embed and store one batch of search vectors");
+    describe_counter!(VECTOR_ERRORS, Unit::Count, "vector worker batches that failed (retried)");
+    describe_counter!(VECTOR_CACHE_HITS, Unit::Count, "texts found in the embedding cache (or repeated in a batch)");
+    describe_counter!(VECTOR_CACHE_MISSES, Unit::Count, "texts the model had to embed");
+    describe_histogram!(SEARCH_DURATION, Unit::Seconds, "time to answer one search (query vector and scan)");
 }
 
 /// Installs the global recorder. Histograms are exported as summaries with

@@ -99,6 +99,68 @@ pub fn query(layout: &Layout, index: Option<&Index>, filter: &Filter) -> Result<
     Ok(out.into())
 }
 
+/// The seqs below `limit` that match `filter` (its `limit` aside), sorted;
+/// `None` when the filter is empty (everything matches). The index answers
+/// for what it holds; blocks past it are read from the chain.
+pub fn matching_seqs(
+    layout: &Layout,
+    index: Option<&Index>,
+    filter: &Filter,
+    limit: u64,
+) -> Result<Option<Vec<u64>>, QueryError> {
+    let timed = filter.since.is_some() || filter.until.is_some();
+    if !timed && filter.plugin.is_none() && filter.operation.is_none() {
+        return Ok(None);
+    }
+    let indexed_next = match index {
+        Some(i) => i.head()?.map_or(0, |h| h.seq + 1).min(limit),
+        None => 0,
+    };
+    let mut out = Vec::new();
+    if let (Some(index), true) = (index, indexed_next > 0) {
+        let mut seqs = match (&filter.plugin, &filter.operation) {
+            (Some(p), op) => index.seqs_of_plugin(p, op.as_deref())?,
+            (None, Some(op)) => index.seqs_of_operation(op)?,
+            (None, None) => {
+                let mut s = index.seqs_in_time(filter.since, filter.until)?;
+                s.sort_unstable();
+                s
+            }
+        };
+        if timed && (filter.plugin.is_some() || filter.operation.is_some()) {
+            let mut in_time = index.seqs_in_time(filter.since, filter.until)?;
+            in_time.sort_unstable();
+            seqs.retain(|s| in_time.binary_search(s).is_ok());
+        }
+        seqs.retain(|s| *s < indexed_next);
+        out = seqs;
+    }
+    reader::scan_from(layout, indexed_next, |_, _, _, b| {
+        if b.body.seq >= limit {
+            return false;
+        }
+        if b.body.seq >= indexed_next && filter.matches(&b) {
+            out.push(b.body.seq);
+        }
+        true
+    })?;
+    Ok(Some(out))
+}
+
+/// A one-line summary of a block's data, at most `max` characters.
+pub fn data_summary(b: &StoredBlock, max: usize) -> String {
+    let s = match data_json(b) {
+        serde_json::Value::Null => String::new(),
+        v => v.to_string(),
+    };
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// The block with this seq, through the index or, past it, the chain.
 pub fn by_seq(layout: &Layout, index: Option<&Index>, seq: u64) -> Result<Option<StoredBlock>, QueryError> {
     if let Some(index) = index {

@@ -117,6 +117,59 @@ pub fn heuristic(fp: &Footprint, value: &Value) -> [f32; HEURISTIC_DIMS] {
     v
 }
 
+/// The heuristic vector of a search text, for searching at the heuristic
+/// level: words that look like a bus name (`org.freedesktop.login1`), an
+/// operation (`org.freedesktop.login1.Manager.SessionNew`, last component
+/// capitalized) or an object path (`/org/...`) fill those features; the
+/// other words only pick the operation category (`failed` → error). The
+/// features a text cannot know (time, data shape, sizes) are left at zero,
+/// so they do not favour any event.
+pub fn heuristic_query(text: &str) -> [f32; HEURISTIC_DIMS] {
+    let mut plugin = None;
+    let mut operation = None;
+    let mut path = None;
+    let mut words = Vec::new();
+    for w in text.split_whitespace() {
+        let last = w.rsplit('.').next().unwrap_or("");
+        if w.starts_with('/') {
+            path = Some(w.to_string());
+        } else if w.contains('.') && last.starts_with(char::is_uppercase) {
+            operation = Some(w.to_string());
+        } else if w.contains('.') {
+            plugin = Some(w.to_string());
+        } else {
+            words.push(w.to_ascii_lowercase());
+        }
+    }
+    let fp = Footprint {
+        source: Source::Dbus,
+        plugin_id: plugin.clone().unwrap_or_default(),
+        operation: operation.clone().unwrap_or_else(|| words.join("")),
+        path: path.clone(),
+        sender: None,
+        creds: None,
+        captured_ns: 0,
+        signature: String::new(),
+        data_hash: [0; 32],
+        data: Vec::new(),
+        flags: 0,
+    };
+    let mut v = heuristic(&fp, &Value::Nil);
+    if plugin.is_none() {
+        v[..8].fill(0.0);
+    }
+    if operation.is_none() {
+        v[16..24].fill(0.0);
+    }
+    v[24..56].fill(0.0);
+    if path.is_some() {
+        let depth = path.as_deref().map_or(0, |p| p.split('/').filter(|s| !s.is_empty()).count());
+        v[44] = squash(depth as f32, 8.0);
+        v[46] = 1.0;
+    }
+    v
+}
+
 /// Maps a non-negative count onto [0, 1) with `scale` giving 0.5.
 fn squash(x: f32, scale: f32) -> f32 {
     let x = x.max(0.0);

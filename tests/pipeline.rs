@@ -20,6 +20,8 @@ fn config(dir: &std::path::Path, faults: Faults) -> PipelineConfig {
         max_wait: Duration::ZERO,
         segment_max_bytes: 1 << 20,
         vector_level: VectorLevel::Heuristic,
+        model_dir: Default::default(),
+        vector: Default::default(),
         max_data_bytes: 1 << 20,
         index_sync_interval: Duration::from_millis(100),
         replicas: Vec::new(),

@@ -1,8 +1,9 @@
 //! Embedder: consumes [`FootprintBatch`]es, emits [`RecordBatch`]es (each
-//! footprint with its vector, or none) to the ChainWriter. Owns the
-//! vector level. Only the heuristic vector is bound into blocks; ML levels
-//! are not built yet, so they fall back to heuristic vectors, said once in
-//! the log and in the `op_dbus_vector_fallback_active` gauge.
+//! footprint with its vector, or none) to the ChainWriter. Only the
+//! heuristic vector is bound into blocks (at every level but `none`): it
+//! costs microseconds, so the chain never waits on a model. The ML levels'
+//! embeddings are derived data, made after the fact by the vector worker
+//! (`crate::ml::worker`).
 
 use actix::prelude::*;
 
@@ -26,19 +27,7 @@ pub struct Embedder {
 
 impl Embedder {
     pub fn new(inbox: Inbox<FootprintBatch>, out: Outbox<RecordBatch>, level: VectorLevel) -> Self {
-        let with_vectors = match level {
-            VectorLevel::None => false,
-            VectorLevel::Heuristic => true,
-            ml => {
-                tracing::warn!(
-                    level = ml.as_str(),
-                    "ML vector levels are not available in this build; using heuristic vectors"
-                );
-                metrics::gauge!(m::VECTOR_FALLBACK).set(1.0);
-                true
-            }
-        };
-        Embedder { inbox, out: Some(out), with_vectors }
+        Embedder { inbox, out: Some(out), with_vectors: level != VectorLevel::None }
     }
 }
 

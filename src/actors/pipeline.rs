@@ -101,6 +101,9 @@ pub struct PipelineConfig {
     pub max_wait: Duration,
     pub segment_max_bytes: u64,
     pub vector_level: VectorLevel,
+    /// Where the ML levels' models are (`make models`).
+    pub model_dir: std::path::PathBuf,
+    pub vector: crate::config::VectorConfig,
     pub max_data_bytes: usize,
     pub index_sync_interval: Duration,
     pub snapshot: crate::config::SnapshotConfig,
@@ -136,6 +139,10 @@ pub struct Pipeline {
     pub index: Index,
     layout: Layout,
     bus: Option<BusParts>,
+    /// The search vectors' engine (none at level `none`), for searches in
+    /// this process; the worker that fills its store.
+    pub vectors: Option<Arc<crate::ml::engine::Engine>>,
+    vector_worker: Option<crate::ml::worker::Worker>,
     /// Take a snapshot when shutting down (snapshots are on).
     final_snapshot: bool,
     _lock: Locks,
@@ -195,6 +202,7 @@ pub async fn attach_bus(
             source: service_source,
             limits,
             snapshotter: p._actors.snapshotter.clone(),
+            vectors: p.vectors.clone(),
         };
         let conn = open_service(&addr, sp.clone(), &service_own).await?;
         let stop = Arc::new(Notify::new());
@@ -356,6 +364,7 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let max_data = cfg.max_data_bytes;
     let footprinter =
         Supervisor::start_in_arbiter(&arbiters[0].handle(), move |_| Footprinter::new(source_rx, embed_tx, max_data));
+    let (vector_worker, vectors) = start_vectors(&cfg, health.clone());
 
     Ok(Pipeline {
         source: Some(source_tx),
@@ -375,9 +384,49 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
         recovery,
         index: index_reader,
         bus: None,
+        vectors,
+        vector_worker,
         layout: cfg.layout.clone(),
         _lock: lock,
     })
+}
+
+/// Starts the vector worker for the configured level (nothing at `none`):
+/// it loads the model on its own idle-priority thread, falling back to
+/// heuristic vectors, and says which model it uses in `vectors.json`.
+fn start_vectors(
+    cfg: &PipelineConfig,
+    health: Arc<Health>,
+) -> (Option<crate::ml::worker::Worker>, Option<Arc<crate::ml::engine::Engine>>) {
+    use crate::ml::engine::{model_of, Engine, EngineConfig};
+    if cfg.vector_level == VectorLevel::None {
+        let _ = std::fs::remove_file(crate::ml::engine::state_path(&cfg.layout.state_dir));
+        return (None, None);
+    }
+    let ecfg = EngineConfig {
+        level: cfg.vector_level,
+        model_dir: cfg.model_dir.clone(),
+        precision: cfg.vector.precision,
+        threads: cfg.vector.threads,
+        batch: cfg.vector.batch,
+    };
+    let (cache_dir, entries) = (cfg.layout.cache.clone(), cfg.vector.cache_entries);
+    let with_cache = model_of(cfg.vector_level).is_some();
+    let height: crate::ml::worker::Height =
+        Arc::new(move || health.chain_height.load(std::sync::atomic::Ordering::Acquire));
+    let (worker, engine) = crate::ml::worker::Worker::spawn(cfg.layout.clone(), height, move || {
+        let cache = with_cache
+            .then(|| crate::ml::cache::EmbedCache::open(&cache_dir, entries))
+            .and_then(|r| r.map_err(|e| tracing::warn!(error = %e, "running without the embedding cache")).ok());
+        Engine::start(&ecfg, cache)
+    });
+    if let Some(e) = &engine {
+        tracing::info!(level = cfg.vector_level.as_str(), model = e.id(), dims = e.dims(), "search vectors");
+        if let Err(err) = crate::ml::engine::write_state(&cfg.layout.state_dir, cfg.vector_level, e) {
+            tracing::warn!(error = %err, "cannot write vectors.json");
+        }
+    }
+    (Some(worker), engine)
 }
 
 impl Pipeline {
@@ -433,6 +482,9 @@ impl Pipeline {
             Ok(Ok(())) => tokio::time::timeout_at(end, &mut self.index_done).await.ok().and_then(Result::ok),
             _ => None,
         };
+        if let Some(mut w) = self.vector_worker.take() {
+            w.stop();
+        }
         // Stop and join the stages' threads so that everything they own
         // (the chain file, the LMDB environment) is closed when this returns.
         let bus_arbiters = self.bus.take().map(|b| b.arbiters).unwrap_or_default();

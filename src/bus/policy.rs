@@ -12,7 +12,7 @@
 
 use crate::config::ServiceConfig;
 
-const READ_METHODS: [&str; 4] = ["Head", "GetBlock", "Query", "Verify"];
+const READ_METHODS: [&str; 5] = ["Head", "GetBlock", "Query", "Verify", "Search"];
 
 pub fn render(s: &ServiceConfig) -> String {
     let allow = |m: &str| {

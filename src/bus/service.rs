@@ -7,6 +7,7 @@
 //! | `GetBlock(t seq) -> s` | | the block as JSON (the form `show --json` prints) |
 //! | `Query(x since, x until, s plugin, s operation, u limit) -> a(tsxsss)` | | (seq, hash, captured_ns, plugin, operation, path) of the most recent `limit` matches, oldest first; 0 / "" mean "any"; `limit` 0 means 100, at most 10000 |
 //! | `Verify(t from_seq, t to_seq) -> (b ok, t blocks, s problem)` | | recomputes hashes and links over the range |
+//! | `Search(s text, u k, x since, x until, s plugin, s operation) -> (s model, t vectors, a(tdxsss))` | | semantic search: `k` (1..1000, 0 means 10) rows (seq, cosine, captured_ns, plugin, operation, data summary), best first, over the `vectors` blocks that have a search vector of `model`; 0 / "" mean "any"; `Unavailable` at vector level none |
 //! | `Submit(s plugin_id, s operation, s data_json) -> t seq` | | appends a `submit` footprint; replies once it is durable |
 //! | `Snapshot() -> s name` | | takes a snapshot now (root only); "" when nothing is new |
 //! | signal `BlocksAppended(t first_seq, t last_seq, s head_hash)` | | new durable blocks, coalesced to at most `service.signal_rate` per second |
@@ -62,6 +63,8 @@ pub struct ServiceParts {
     pub source: Arc<Mutex<Option<Outbox<RawEventBatch>>>>,
     pub limits: Limits,
     pub snapshotter: actix::Addr<crate::actors::snapshotter::Snapshotter>,
+    /// The search vectors' engine; `None` at vector level none.
+    pub vectors: Option<Arc<crate::ml::engine::Engine>>,
 }
 
 pub struct ChainService {
@@ -83,6 +86,17 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChainError> + Send + 'static,
 ) -> Result<T, ChainError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ChainError::Failed(format!("worker failed: {e}")))?
+}
+
+/// One result row of `Search`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, zbus::Type)]
+pub struct SearchRow {
+    pub seq: u64,
+    pub score: f64,
+    pub captured_ns: i64,
+    pub plugin_id: String,
+    pub operation: String,
+    pub summary: String,
 }
 
 /// One result row of `Query`.
@@ -155,6 +169,58 @@ impl ChainService {
         })
         .await;
         count("Query", r.is_ok());
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn search(
+        &self,
+        text: String,
+        k: u32,
+        since: i64,
+        until: i64,
+        plugin: String,
+        operation: String,
+    ) -> Result<(String, u64, Vec<SearchRow>), ChainError> {
+        let Some(engine) = self.parts.vectors.clone() else {
+            count("Search", false);
+            return Err(ChainError::Unavailable("vector level none stores no vectors".into()));
+        };
+        let k = if k == 0 { 10 } else { k as usize };
+        if k > crate::ml::search::MAX_K {
+            count("Search", false);
+            return Err(ChainError::InvalidArgument(format!("k {k} is above {}", crate::ml::search::MAX_K)));
+        }
+        let filter = Filter {
+            since: (since != 0).then_some(since),
+            until: (until != 0).then_some(until),
+            plugin: (!plugin.is_empty()).then_some(plugin),
+            operation: (!operation.is_empty()).then_some(operation),
+            limit: None,
+        };
+        let (layout, index) = (self.parts.layout.clone(), self.parts.index.clone());
+        let r = blocking(move || {
+            let r =
+                crate::ml::search::search(&layout, Some(&index), &engine, &text, k, &filter).map_err(|e| match e {
+                    crate::ml::search::SearchError::Query(e) => ChainError::InvalidArgument(e.to_string()),
+                    e => ChainError::Failed(e.to_string()),
+                })?;
+            let rows = r
+                .hits
+                .into_iter()
+                .map(|h| SearchRow {
+                    seq: h.seq,
+                    score: h.score as f64,
+                    captured_ns: h.captured_ns,
+                    plugin_id: h.plugin,
+                    operation: h.operation,
+                    summary: h.summary,
+                })
+                .collect();
+            Ok((r.model, r.vectors, rows))
+        })
+        .await;
+        count("Search", r.is_ok());
         r
     }
 

@@ -7,9 +7,16 @@
 //! panics: a missing or corrupt library or model is an error the caller
 //! turns into the heuristic fallback.
 //!
-//! Not wired into the pipeline yet (issue 5): this is the engine.
+//! [`Embedder::embed_sorted`] is the throughput path: it tokenizes a whole
+//! set of texts, sorts them by token count and runs sub-batches of similar
+//! length, so padding costs little; vectors come back in input order.
 
+pub mod cache;
+pub mod engine;
+pub mod search;
+pub mod store;
 pub mod text;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -19,12 +26,14 @@ use ort::value::Tensor;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 /// The ML levels' models, by the folder they live in under the model dir.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ModelKind {
-    /// `low`: paraphrase-MiniLM-L3-v2 (fp32), inputs ids and mask.
+    /// `low`: paraphrase-MiniLM-L3-v2, inputs ids and mask, 384 dims.
     MiniLmL3,
-    /// `medium`: all-MiniLM-L6-v2 (int8 weights, fp32 compute), inputs ids, mask, type ids.
+    /// `medium`: all-MiniLM-L6-v2, inputs ids, mask and type ids, 384 dims.
     MiniLmL6,
+    /// `high`: all-mpnet-base-v2 (converted to ONNX by `make models`), 768 dims.
+    MpNet,
 }
 
 impl ModelKind {
@@ -32,17 +41,21 @@ impl ModelKind {
         match self {
             ModelKind::MiniLmL3 => "paraphrase-MiniLM-L3-v2",
             ModelKind::MiniLmL6 => "all-MiniLM-L6-v2",
+            ModelKind::MpNet => "all-mpnet-base-v2",
         }
     }
 
     pub fn dims(self) -> usize {
-        384
+        match self {
+            ModelKind::MpNet => 768,
+            _ => 384,
+        }
     }
 
     fn token_output(self) -> &'static str {
         match self {
             ModelKind::MiniLmL3 => "onnx::Shape_422",
-            ModelKind::MiniLmL6 => "last_hidden_state",
+            ModelKind::MiniLmL6 | ModelKind::MpNet => "last_hidden_state",
         }
     }
 
@@ -50,7 +63,54 @@ impl ModelKind {
         match self {
             ModelKind::MiniLmL3 => 128,
             ModelKind::MiniLmL6 => 256,
+            ModelKind::MpNet => 384,
         }
+    }
+
+    /// MPNet's tokenizer pads with `<pad>` = 1; the BERT ones with `[PAD]` = 0.
+    fn pad(self) -> (u32, &'static str) {
+        match self {
+            ModelKind::MpNet => (1, "<pad>"),
+            _ => (0, "[PAD]"),
+        }
+    }
+}
+
+/// How a model computes: as shipped, or dynamically quantized to int8 by
+/// `make models` (`model.int8.onnx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    Fp32,
+    Int8,
+}
+
+/// One model file: a model and its precision. Its [`ModelSpec::id`] names the
+/// stored vectors, since the two precisions give (slightly) different ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ModelSpec {
+    pub kind: ModelKind,
+    pub precision: Precision,
+}
+
+impl ModelSpec {
+    pub fn id(self) -> String {
+        match self.precision {
+            Precision::Fp32 => self.kind.id().to_string(),
+            Precision::Int8 => format!("{}-int8", self.kind.id()),
+        }
+    }
+
+    pub fn file(self) -> &'static str {
+        match self.precision {
+            Precision::Fp32 => "model.onnx",
+            Precision::Int8 => "model.int8.onnx",
+        }
+    }
+}
+
+impl From<ModelKind> for ModelSpec {
+    fn from(kind: ModelKind) -> ModelSpec {
+        ModelSpec { kind, precision: Precision::Fp32 }
     }
 }
 
@@ -59,7 +119,7 @@ pub enum MlError {
     #[error("cannot load ONNX Runtime from {path}: {detail}; run `make models`")]
     Runtime { path: PathBuf, detail: String },
     #[error("cannot load model {model} from {path}: {detail}; run `make models`")]
-    Model { model: &'static str, path: PathBuf, detail: String },
+    Model { model: String, path: PathBuf, detail: String },
     #[error("embedding failed: {0}")]
     Run(String),
 }
@@ -83,34 +143,37 @@ pub fn load_runtime(model_dir: &Path) -> Result<&'static ort::environment::Envir
 }
 
 pub struct Embedder {
-    kind: ModelKind,
+    spec: ModelSpec,
     session: Session,
     tokenizer: Tokenizer,
     token_type_ids: bool,
 }
 
 impl Embedder {
-    /// Loads `<model_dir>/<model id>/{model.onnx,tokenizer.json}` to run on
-    /// `threads` threads.
-    pub fn load(model_dir: &Path, kind: ModelKind, threads: usize) -> Result<Embedder, MlError> {
+    /// Loads `<model_dir>/<model>/{model[.int8].onnx,tokenizer.json}` to run
+    /// on `threads` threads.
+    pub fn load(model_dir: &Path, spec: impl Into<ModelSpec>, threads: usize) -> Result<Embedder, MlError> {
+        let spec = spec.into();
+        let kind = spec.kind;
         let env = load_runtime(model_dir)?;
         let dir = model_dir.join(kind.id());
-        let err = |path: &Path, detail: String| MlError::Model { model: kind.id(), path: path.to_path_buf(), detail };
+        let err = |path: &Path, detail: String| MlError::Model { model: spec.id(), path: path.to_path_buf(), detail };
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| err(&tok_path, e.to_string()))?;
         // The file pads every text to 128 tokens; pad each batch to its
         // longest text instead (most D-Bus texts are ~20 tokens).
+        let (pad_id, pad_token) = kind.pad();
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
-            pad_id: 0,
+            pad_id,
             pad_type_id: 0,
-            pad_token: "[PAD]".into(),
+            pad_token: pad_token.into(),
             ..Default::default()
         }));
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: kind.max_tokens(), ..Default::default() }))
             .map_err(|e| err(&tok_path, e.to_string()))?;
-        let model_path = dir.join("model.onnx");
+        let model_path = dir.join(spec.file());
         if !model_path.is_file() {
             return Err(err(&model_path, "no such file".into()));
         }
@@ -119,25 +182,61 @@ impl Embedder {
             .and_then(|mut b| b.commit_from_file(&model_path))
             .map_err(|e| err(&model_path, e.to_string()))?;
         let token_type_ids = session.inputs().iter().any(|i| i.name() == "token_type_ids");
-        Ok(Embedder { kind, session, tokenizer, token_type_ids })
+        Ok(Embedder { spec, session, tokenizer, token_type_ids })
     }
 
-    pub fn kind(&self) -> ModelKind {
-        self.kind
+    pub fn spec(&self) -> ModelSpec {
+        self.spec
     }
 
-    /// One unit-length vector per text.
+    pub fn dims(&self) -> usize {
+        self.spec.kind.dims()
+    }
+
+    /// One unit-length vector per text, all texts in one batch (padded to
+    /// the longest).
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, MlError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| MlError::Run(e.to_string()))?;
+        self.run(&encs)
+    }
+
+    /// One unit-length vector per text, in input order, computed in batches
+    /// of at most `batch` texts of similar token count.
+    pub fn embed_sorted(&mut self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>, MlError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Tokenize without padding, sort by length, then pad each chunk.
+        let saved = self.tokenizer.get_padding().cloned();
+        self.tokenizer.with_padding(None);
+        let encs = self.tokenizer.encode_batch(texts.to_vec(), true);
+        self.tokenizer.with_padding(saved.clone());
+        let mut encs = encs.map_err(|e| MlError::Run(e.to_string()))?;
+        let mut order: Vec<usize> = (0..encs.len()).collect();
+        order.sort_by_key(|&i| encs[i].get_ids().len());
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let params = saved.unwrap_or_default();
+        for chunk in order.chunks(batch.max(1)) {
+            let mut group: Vec<tokenizers::Encoding> = chunk.iter().map(|&i| std::mem::take(&mut encs[i])).collect();
+            tokenizers::utils::padding::pad_encodings(&mut group, &params).map_err(|e| MlError::Run(e.to_string()))?;
+            for (&i, v) in chunk.iter().zip(self.run(&group)?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the model on encodings of equal length.
+    fn run(&mut self, encs: &[tokenizers::Encoding]) -> Result<Vec<Vec<f32>>, MlError> {
         let run = |e: String| MlError::Run(e);
-        let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| run(e.to_string()))?;
         let (batch, seq) = (encs.len(), encs[0].get_ids().len());
         let mut ids = Vec::with_capacity(batch * seq);
         let mut mask = Vec::with_capacity(batch * seq);
         let mut types = Vec::with_capacity(batch * seq);
-        for e in &encs {
+        for e in encs {
             ids.extend(e.get_ids().iter().map(|&x| x as i64));
             mask.extend(e.get_attention_mask().iter().map(|&x| x as i64));
             types.extend(e.get_type_ids().iter().map(|&x| x as i64));
@@ -153,7 +252,7 @@ impl Embedder {
         }
         .map_err(|e| run(e.to_string()))?;
         let (shape, data) =
-            outputs[self.kind.token_output()].try_extract_tensor::<f32>().map_err(|e| run(e.to_string()))?;
+            outputs[self.spec.kind.token_output()].try_extract_tensor::<f32>().map_err(|e| run(e.to_string()))?;
         let dims = shape[2] as usize;
         Ok((0..batch)
             .map(|b| mean_pool(&data[b * seq * dims..(b + 1) * seq * dims], &mask[b * seq..(b + 1) * seq], dims))

@@ -1,0 +1,178 @@
+//! The vector worker: follows the chain and stores a search vector for
+//! every durable block, in seq order, on its own thread at idle priority.
+//!
+//! Its queue is the chain itself. It never receives events from the
+//! pipeline: it reads the blocks the ChainWriter reported durable
+//! (`Health::chain_height`) from the segments, a chunk at a time. So the
+//! chain never waits on it, a burst far above ML speed costs nothing but
+//! lag (`op_dbus_vector_lag_blocks`), nothing can be dropped, and a level
+//! change, a crash or a new model is the same case: the store of the
+//! active model is behind the chain, and the worker fills it from where it
+//! stops (`op-dbus embed --backfill` does the same in the foreground).
+//! Memory is bounded by one chunk.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::engine::{EmbedStats, Engine};
+use super::store::StoreWriter;
+use crate::chain::reader::{self, StoredBlock};
+use crate::chain::Layout;
+use crate::metrics as m;
+
+/// Blocks read and embedded per step: a few model batches, so that a stop
+/// is noticed within about a second even at the slowest level.
+pub const CHUNK: usize = 256;
+/// How often an idle worker looks for new durable blocks.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Reads durable blocks `from..to` (at most `max`).
+pub fn read_blocks(
+    layout: &Layout,
+    from: u64,
+    to: u64,
+    max: usize,
+) -> Result<Vec<StoredBlock>, crate::chain::StoreError> {
+    let mut out = Vec::new();
+    if from >= to {
+        return Ok(out);
+    }
+    reader::scan_from(layout, from, |_, _, _, b| {
+        if b.body.seq >= to || out.len() >= max {
+            return false;
+        }
+        if b.body.seq >= from {
+            out.push(b);
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Embeds and stores the next chunk below `to`; returns how many blocks.
+pub fn step(layout: &Layout, engine: &Engine, store: &mut StoreWriter, to: u64) -> anyhow::Result<(u64, EmbedStats)> {
+    let from = store.len();
+    let blocks = read_blocks(layout, from, to, CHUNK)?;
+    if blocks.is_empty() {
+        return Ok((0, EmbedStats::default()));
+    }
+    // The store is dense by seq: the chain must hand back exactly from..
+    if let Some((i, b)) = blocks.iter().enumerate().find(|(i, b)| b.body.seq != from + *i as u64) {
+        anyhow::bail!("chain read returned seq {} where {} was expected", b.body.seq, from + i as u64);
+    }
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(blocks.len() * super::store::stride(engine.dims()));
+    let stats = engine.embed_blocks(&blocks, &mut out)?;
+    store.append(&out)?;
+    metrics::histogram!(m::VECTOR_DURATION).record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::VECTOR_EMBEDDED, "model" => engine.id().to_string()).increment(blocks.len() as u64);
+    metrics::counter!(m::VECTOR_CACHE_HITS).increment(stats.hits);
+    metrics::counter!(m::VECTOR_CACHE_MISSES).increment(stats.misses);
+    Ok((blocks.len() as u64, stats))
+}
+
+/// Lowers the calling thread (and the threads it creates later, such as
+/// ONNX Runtime's pool) to `SCHED_IDLE`: it runs only when the CPU has
+/// nothing else to do, so capture and commits always come first.
+pub fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid local.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        // SAFETY: as above; nice 19 is the fallback when SCHED_IDLE is refused.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    }
+}
+
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the worker needs to know of the chain: how far it is durable.
+pub type Height = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+impl Worker {
+    /// Starts the worker. `make` builds the engine on the worker's thread
+    /// (after lowering its priority, so that the model's threads inherit
+    /// it); the engine is handed back once loaded, for searches.
+    pub fn spawn(
+        layout: Layout,
+        height: Height,
+        make: impl FnOnce() -> Option<Engine> + Send + 'static,
+    ) -> (Worker, Option<Arc<Engine>>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("vector-worker".into())
+                .spawn(move || {
+                    lower_priority();
+                    let Some(engine) = make().map(Arc::new) else {
+                        let _ = tx.send(None);
+                        return;
+                    };
+                    let _ = tx.send(Some(engine.clone()));
+                    run(&layout, &engine, &*height, &stop);
+                })
+                .expect("spawn the vector worker")
+        };
+        let engine = rx.recv().ok().flatten();
+        (Worker { stop, thread: Some(thread) }, engine)
+    }
+
+    /// Stops after the current chunk and joins the thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(layout: &Layout, engine: &Engine, height: &(dyn Fn() -> u64 + Send + Sync), stop: &AtomicBool) {
+    let mut store = loop {
+        match StoreWriter::open(layout, engine.id(), engine.dims()) {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the search vector store; retrying in 5 s");
+                metrics::counter!(m::VECTOR_ERRORS).increment(1);
+                std::thread::park_timeout(Duration::from_secs(5));
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+        }
+    };
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::Acquire) {
+        let to = height();
+        metrics::gauge!(m::VECTOR_HEIGHT).set(store.len() as f64);
+        metrics::gauge!(m::VECTOR_LAG).set(to.saturating_sub(store.len()) as f64);
+        if store.len() >= to {
+            std::thread::park_timeout(POLL);
+            continue;
+        }
+        match step(layout, engine, &mut store, to) {
+            Ok(_) => backoff = Duration::from_secs(1),
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?backoff, "embedding failed");
+                metrics::counter!(m::VECTOR_ERRORS).increment(1);
+                std::thread::park_timeout(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+    if let Some(c) = engine.cache() {
+        let _ = c.sync();
+    }
+}
