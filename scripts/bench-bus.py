@@ -12,7 +12,8 @@ capture rate, and its CPU seconds per 100k events (from /proc/PID/stat).
   dbus-monitor:  `dbus-monitor --monitor` text to a file
   busctl:        `busctl monitor --json=short` to a file
 
-Run with `make bench-bus` (BUS_N, BUS_RATE, BUS_RUNS in the environment).
+Run with `make bench-bus` (BUS_N, BUS_RATE, BUS_LEVELS in the environment; an ML
+level in BUS_LEVELS needs `make models`).
 """
 
 import json
@@ -28,6 +29,10 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPDBUS = os.path.join(HERE, "target/release/op-dbus")
 EMIT = os.path.join(HERE, "target/release/op-dbus-emit")
+MODELS = os.environ.get("OP_DBUS_MODEL_DIR", os.path.join(HERE, "models"))
+# op-dbus runs once per level; an ML level shows that the model's work does
+# not slow capture (BUS_LEVELS=heuristic,medium).
+LEVELS = os.environ.get("BUS_LEVELS", "heuristic").split(",")
 N = int(os.environ.get("BUS_N", "200000"))
 RATE = int(os.environ.get("BUS_RATE", "0"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -66,13 +71,15 @@ def emit(address):
     return t0, time.time()
 
 
-def run_opdbus(work, address):
+def run_opdbus(work, address, level="heuristic"):
     state = os.path.join(work, "state")
     cfg = os.path.join(work, "op-dbus.toml")
     with open(cfg, "w") as f:
         # The recorder at its defaults, except: no metrics port, and the
         # load signals only (the bus's own name signals are not the workload).
         f.write("[[bus.include]]\ninterface = \"org.opdbus.Load\"\n")
+        # An ML level: the vector worker embeds behind the chain meanwhile.
+        f.write(f"[vector]\nlevel = \"{level}\"\nmodel_dir = \"{MODELS}\"\n")
     p = subprocess.Popen([OPDBUS, "--config", cfg, "--state-dir", state, "run", "--no-metrics", "--bus", address],
                          stderr=subprocess.PIPE, text=True)
     for _ in range(200):
@@ -139,8 +146,8 @@ def one(name):
     work = tempfile.mkdtemp(prefix="op-dbus-bench-")
     address, bus_pid = start_bus(work)
     try:
-        if name == "op-dbus":
-            r = run_opdbus(work, address)
+        if name.startswith("op-dbus"):
+            r = run_opdbus(work, address, name.split(" ")[1] if " " in name else "heuristic")
         elif name == "dbus-monitor":
             r = run_file_capturer(work, address, ["dbus-monitor", "--address", address, "--monitor"],
                                   parse_dbus_monitor)
@@ -169,11 +176,12 @@ def main():
     for tool in ("dbus-monitor", "busctl", "dbus-send"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run scripts/deps.sh --bench")
-    rows = [one(n) for n in ("bus alone", "op-dbus", "dbus-monitor", "busctl")]
+    names = ["op-dbus" if lv == "heuristic" else f"op-dbus {lv}" for lv in LEVELS]
+    rows = [one(n) for n in ("bus alone", *names, "dbus-monitor", "busctl")]
     print(f"N = {N} signals, rate = {'max' if RATE == 0 else RATE}/s")
-    print(f"{'capturer':<14}{'captured':>12}{'bus emit/s':>12}{'capture/s':>12}{'CPU-s/100k':>12}{'bus CPU-s':>11}")
+    print(f"{'capturer':<18}{'captured':>12}{'bus emit/s':>12}{'capture/s':>12}{'CPU-s/100k':>12}{'bus CPU-s':>11}")
     for r in rows:
-        print(f"{r['capturer']:<14}{r['captured']:>12}{r['emit_per_s']:>12.0f}{r['capture_per_s']:>12.0f}"
+        print(f"{r['capturer']:<18}{r['captured']:>12}{r['emit_per_s']:>12.0f}{r['capture_per_s']:>12.0f}"
               f"{r['cpu_s_per_100k']:>12.2f}{r['bus_cpu_s']:>11.1f}")
     print(json.dumps(rows))
 

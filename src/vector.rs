@@ -160,6 +160,10 @@ pub fn heuristic_query(text: &str) -> [f32; HEURISTIC_DIMS] {
     }
     if operation.is_none() {
         v[16..24].fill(0.0);
+        // Words with no known verb say nothing about the category.
+        if v[15] == 1.0 {
+            v[15] = 0.0;
+        }
     }
     v[24..56].fill(0.0);
     if path.is_some() {
@@ -248,6 +252,22 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)));
         assert_eq!(a[8], 1.0, "SessionNew is a create");
+    }
+
+    #[test]
+    fn a_query_text_is_nearest_to_what_it_names() {
+        let value = Value::Nil;
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let login = heuristic(&fp("org.freedesktop.login1.Manager.SessionNew", 7, &value), &value);
+        let mut job = fp("org.freedesktop.systemd1.Manager.JobRemoved", 7, &value);
+        job.plugin_id = "org.freedesktop.systemd1".into();
+        let job = heuristic(&job, &value);
+        let q = heuristic_query("org.freedesktop.login1 new");
+        assert!(dot(&q, &login) > dot(&q, &job));
+        let q = heuristic_query("org.freedesktop.systemd1 removed");
+        assert!(dot(&q, &job) > dot(&q, &login));
+        // A text with nothing it can read is all zeros.
+        assert!(heuristic_query("zzz").iter().all(|x| *x == 0.0));
     }
 
     #[test]

@@ -504,3 +504,48 @@ fn read_methods_answer_from_the_chain() {
     assert!(!ok && problem.starts_with(&format!("seq {}", first + 3)), "{problem}");
     d.stop();
 }
+
+#[test]
+fn search_method_answers_from_the_stored_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let models = std::env::var("OP_DBUS_MODEL_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/models").to_string());
+    let config = format!("[vector]\nlevel = \"low\"\nprecision = \"fp32\"\nmodel_dir = \"{models}\"\n");
+    let d = Daemon::start(&bus, &dir.path().join("state"), &config);
+    bus.emit(&["sample"]);
+    let blocks = d.wait_log("the sample", |b| b.iter().any(|x| x["plugin_id"] == "org.freedesktop.NetworkManager"));
+    // The vector worker catches up with what is durable.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (model, vectors, rows) = loop {
+        let (model, vectors, rows): (String, u64, Vec<(u64, f64, i64, String, String, String)>) =
+            call(&bus, "Search", &("user login session", 3u32, 0i64, 0i64, "", "")).unwrap();
+        if vectors >= blocks.len() as u64 {
+            break (model, vectors, rows);
+        }
+        assert!(Instant::now() < deadline, "vectors stayed at {vectors} of {}", blocks.len());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(model, "paraphrase-MiniLM-L3-v2");
+    assert!(vectors >= blocks.len() as u64);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].3, "org.freedesktop.login1", "{rows:?}");
+    assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "best first: {rows:?}");
+    // The row is the block: its time and operation.
+    let b = blocks.iter().find(|b| b["seq"] == rows[0].0).unwrap();
+    assert_eq!((b["captured_ns"].as_i64().unwrap(), b["operation"].as_str().unwrap()), (rows[0].2, rows[0].4.as_str()));
+    // A filter restricts the rows.
+    let (_, _, rows): (String, u64, Vec<(u64, f64, i64, String, String, String)>) =
+        call(&bus, "Search", &("user login session", 10u32, 0i64, 0i64, "org.freedesktop.systemd1", "")).unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r.3 == "org.freedesktop.systemd1"), "{rows:?}");
+    let e = error_name(
+        call::<_, (String, u64, Vec<(u64, f64, i64, String, String, String)>)>(
+            &bus,
+            "Search",
+            &("x", 5000u32, 0i64, 0i64, "", ""),
+        )
+        .unwrap_err(),
+    );
+    assert!(e.starts_with("org.opdbus.Error.InvalidArgument"), "{e}");
+    d.stop();
+}

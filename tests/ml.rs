@@ -38,6 +38,24 @@ fn embeddings_match_python_onnxruntime() {
 }
 
 #[test]
+fn length_sorted_batches_keep_the_input_order() {
+    let reference: serde_json::Value = serde_json::from_str(include_str!("fixtures/ml_reference.json")).unwrap();
+    let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let kind = ModelKind::MiniLmL3;
+    let mut e = Embedder::load(&model_dir(), kind, 1).unwrap();
+    let want = reference["models"][kind.id()].as_array().unwrap();
+    for batch in [1, 2, 4] {
+        let got = e.embed_sorted(&texts, batch).unwrap();
+        assert_eq!(got.len(), texts.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let w: Vec<f64> = w.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let c = cosine(g, &w);
+            assert!(c >= 0.999, "batch {batch}, text {i}: cosine {c}");
+        }
+    }
+}
+
+#[test]
 fn a_truncated_model_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let src = model_dir();
