@@ -1139,8 +1139,9 @@ fn embed_cmd(cfg: &Config) -> Result<u8, Failure> {
     let (from, started) = (store.len(), Instant::now());
     let (mut hits, mut misses) = (0u64, 0u64);
     let mut last_report = Instant::now();
+    let mut cursor = reader::Cursor::default();
     while store.len() < to {
-        let (n, stats) = crate::ml::worker::step(&layout, &engine, &mut store, to)?;
+        let (n, stats) = crate::ml::worker::step(&layout, &mut cursor, &engine, &mut store, to)?;
         if n == 0 {
             break;
         }

@@ -529,6 +529,36 @@ mod tests {
         testing::record(i, "p", payload, with_vector)
     }
 
+    /// The follower's cursor reads every block once, in order, across
+    /// segment cuts, stops at `to`, and repositions when asked elsewhere.
+    #[test]
+    fn a_cursor_follows_the_chain_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), None);
+        let (mut store, _) = ChainStore::open(&layout, 2048).unwrap();
+        let records: Vec<Record> = (0..300).map(|i| record(i, "payload payload", i % 2 == 0)).collect();
+        for chunk in records.chunks(13) {
+            store.append(chunk, 42).unwrap();
+        }
+        assert!(layout.segments().unwrap().len() > 5, "the test needs several segments");
+        let mut cursor = reader::Cursor::default();
+        let mut seen = Vec::new();
+        while (seen.len() as u64) < 250 {
+            let got = cursor.read(&layout, seen.len() as u64, 250, 7).unwrap();
+            assert!(!got.is_empty() && got.len() <= 7);
+            seen.extend(got.into_iter().map(|b| b.body.seq));
+        }
+        assert_eq!(seen, (0..250).collect::<Vec<u64>>());
+        assert!(cursor.read(&layout, 250, 250, 7).unwrap().is_empty());
+        // More appended later: the cursor goes on from where it was.
+        store.append(&[record(300, "late", false)], 43).unwrap();
+        let rest = cursor.read(&layout, 250, 301, 100).unwrap();
+        assert_eq!(rest.iter().map(|b| b.body.seq).collect::<Vec<_>>(), (250..301).collect::<Vec<u64>>());
+        // Asked for somewhere else, it finds its way.
+        let got = cursor.read(&layout, 37, 40, 10).unwrap();
+        assert_eq!(got.iter().map(|b| b.body.seq).collect::<Vec<_>>(), vec![37, 38, 39]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
 

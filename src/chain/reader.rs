@@ -101,6 +101,15 @@ impl FrameReader {
         self.pos
     }
 
+    /// Continues at `offset`, which must be a frame boundary this reader
+    /// (or an earlier one of the same file) reported.
+    pub fn seek_to(&mut self, offset: u64) -> Result<(), StoreError> {
+        use std::io::Seek;
+        self.r.seek(std::io::SeekFrom::Start(offset)).map_err(io_err(&self.path))?;
+        self.pos = offset;
+        Ok(())
+    }
+
     pub fn next_frame(&mut self) -> Result<Step<'_>, StoreError> {
         use std::io::Read;
         let offset = self.pos;
@@ -335,6 +344,74 @@ pub fn scan_from(
         }
     }
     Ok(())
+}
+
+/// Reads blocks in seq order, remembering where it stopped, so that a
+/// follower (the vector worker) reads each frame once instead of scanning
+/// its segment from the start at every step.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    /// (segment, offset of the frame of `next_seq`), once positioned.
+    at: Option<(u64, u64)>,
+    next_seq: u64,
+}
+
+impl Cursor {
+    /// Up to `max` blocks `from..to`; fewer if the chain ends first.
+    pub fn read(&mut self, layout: &Layout, from: u64, to: u64, max: usize) -> Result<Vec<StoredBlock>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to || max == 0 {
+            return Ok(out);
+        }
+        let segments = layout.segments().map_err(io_err(&layout.timing))?;
+        if self.next_seq != from || self.at.is_none() {
+            let i = segments.partition_point(|s| *s <= from).saturating_sub(1);
+            let Some(&seg) = segments.get(i) else { return Ok(out) };
+            self.at = Some((seg, HEADER_LEN));
+            self.next_seq = seg;
+        }
+        while let Some((seg, offset)) = self.at {
+            let (mut frames, _) = FrameReader::open(&layout.segment_path(seg), seg)?;
+            frames.seek_to(offset)?;
+            loop {
+                if out.len() >= max || self.next_seq >= to {
+                    return Ok(out);
+                }
+                match frames.next_frame()? {
+                    Step::Frame { offset, payload } => {
+                        let b = decode_payload(payload).map_err(|e| StoreError::Corrupt {
+                            seq: seg,
+                            kind: "undecodable block",
+                            detail: format!("{} offset {offset}: {e}", layout.segment_path(seg).display()),
+                        })?;
+                        let seq = b.body.seq;
+                        self.next_seq = seq + 1;
+                        self.at = Some((seg, frames.position()));
+                        if seq >= from {
+                            out.push(b);
+                        }
+                    }
+                    Step::Bad { offset, reason } => {
+                        return Err(StoreError::Corrupt {
+                            seq: seg,
+                            kind: "bit flip",
+                            detail: format!("{} offset {offset}: {reason}", layout.segment_path(seg).display()),
+                        })
+                    }
+                    // The end of what is written: the next segment, if the
+                    // chain goes on there.
+                    Step::End | Step::Torn { .. } => {
+                        match segments.iter().find(|s| **s > seg) {
+                            Some(&next) if next == self.next_seq => self.at = Some((next, HEADER_LEN)),
+                            _ => return Ok(out),
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Reads the block at a known position (from the index).

@@ -154,6 +154,11 @@ impl Engine {
         self.dims
     }
 
+    /// Heuristic vectors, no model.
+    pub fn is_heuristic(&self) -> bool {
+        self.model.is_none()
+    }
+
     /// Why the configured model is not the one in use, if it is not.
     pub fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()

@@ -123,7 +123,7 @@ fn copy_append_only(src: &Path, dest: &Path) -> io::Result<()> {
         let p = e.path();
         if e.file_type()?.is_dir() {
             copy_append_only(&p, &dest.join(e.file_name()))?;
-        } else if p.extension().is_some_and(|x| x == "chain" || x == "vec") {
+        } else if p.extension().is_some_and(|x| x == "chain" || x == "vec" || x == "q8") {
             files.push(p);
         }
     }
