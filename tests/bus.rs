@@ -505,6 +505,9 @@ fn read_methods_answer_from_the_chain() {
     d.stop();
 }
 
+/// `Search`'s reply: model, blocks with vectors, rows.
+type SearchReply = (String, u64, Vec<(u64, f64, i64, String, String, String)>);
+
 #[test]
 fn search_method_answers_from_the_stored_vectors() {
     let dir = tempfile::tempdir().unwrap();
@@ -518,7 +521,7 @@ fn search_method_answers_from_the_stored_vectors() {
     // The vector worker catches up with what is durable.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (model, vectors, rows) = loop {
-        let (model, vectors, rows): (String, u64, Vec<(u64, f64, i64, String, String, String)>) =
+        let (model, vectors, rows): SearchReply =
             call(&bus, "Search", &("user login session", 3u32, 0i64, 0i64, "", "")).unwrap();
         if vectors >= blocks.len() as u64 {
             break (model, vectors, rows);
@@ -535,17 +538,10 @@ fn search_method_answers_from_the_stored_vectors() {
     let b = blocks.iter().find(|b| b["seq"] == rows[0].0).unwrap();
     assert_eq!((b["captured_ns"].as_i64().unwrap(), b["operation"].as_str().unwrap()), (rows[0].2, rows[0].4.as_str()));
     // A filter restricts the rows.
-    let (_, _, rows): (String, u64, Vec<(u64, f64, i64, String, String, String)>) =
+    let (_, _, rows): SearchReply =
         call(&bus, "Search", &("user login session", 10u32, 0i64, 0i64, "org.freedesktop.systemd1", "")).unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|r| r.3 == "org.freedesktop.systemd1"), "{rows:?}");
-    let e = error_name(
-        call::<_, (String, u64, Vec<(u64, f64, i64, String, String, String)>)>(
-            &bus,
-            "Search",
-            &("x", 5000u32, 0i64, 0i64, "", ""),
-        )
-        .unwrap_err(),
-    );
+    let e = error_name(call::<_, SearchReply>(&bus, "Search", &("x", 5000u32, 0i64, 0i64, "", "")).unwrap_err());
     assert!(e.starts_with("org.opdbus.Error.InvalidArgument"), "{e}");
     d.stop();
 }
