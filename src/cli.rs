@@ -1087,7 +1087,7 @@ fn search_cmd(cfg: &Config, a: &SearchArgs) -> Result<u8, Failure> {
     });
     let ml = id != crate::vector::HEURISTIC_MODEL;
     let cache =
-        if ml { crate::ml::cache::EmbedCache::open(&layout.cache, cfg.vector.cache_entries).ok() } else { None };
+        if ml { crate::ml::cache::EmbedCache::configured(&layout.cache, cfg.vector.cache_entries) } else { None };
     let mut ecfg = engine_config(cfg);
     ecfg.threads = ecfg.threads.max(1);
     let engine = Engine::for_search(&id, &ecfg, cache).map_err(anyhow::Error::from)?;
@@ -1128,7 +1128,7 @@ fn embed_cmd(cfg: &Config) -> Result<u8, Failure> {
     let _lock = lock_state_dir(&layout)?;
     let ecfg = engine_config(cfg);
     let cache = engine::model_of(cfg.vector_level)
-        .and_then(|_| crate::ml::cache::EmbedCache::open(&layout.cache, cfg.vector.cache_entries).ok());
+        .and_then(|_| crate::ml::cache::EmbedCache::configured(&layout.cache, cfg.vector.cache_entries));
     let Some(engine) = Engine::start(&ecfg, cache) else {
         return Err(usage(anyhow::anyhow!("vector level none stores no vectors: nothing to embed")));
     };

@@ -85,7 +85,7 @@ pub struct VectorConfig {
     pub threads: usize,
     /// Texts embedded per model run (sorted by length first).
     pub batch: usize,
-    /// Entries the embedding cache keeps (two generations of half each).
+    /// Entries the embedding cache keeps (two generations of half each); 0: no cache.
     pub cache_entries: u64,
 }
 
@@ -518,7 +518,7 @@ impl Config {
         if let Some(v) =
             pick_int("vector.cache_entries", None, "OP_DBUS_VECTOR_CACHE_ENTRIES", fc.vector.cache_entries)?
         {
-            c.vector.cache_entries = int_in("vector.cache_entries", v, 2, 1 << 32)? as u64;
+            c.vector.cache_entries = int_in("vector.cache_entries", v, 0, 1 << 32)? as u64;
         }
 
         if let Some(v) = pick_int("chain.max_batch", flags.max_batch, "OP_DBUS_MAX_BATCH", fc.chain.max_batch)? {

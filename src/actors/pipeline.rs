@@ -415,9 +415,7 @@ fn start_vectors(
     let height: crate::ml::worker::Height =
         Arc::new(move || health.chain_height.load(std::sync::atomic::Ordering::Acquire));
     let (worker, engine) = crate::ml::worker::Worker::spawn(cfg.layout.clone(), height, move || {
-        let cache = with_cache
-            .then(|| crate::ml::cache::EmbedCache::open(&cache_dir, entries))
-            .and_then(|r| r.map_err(|e| tracing::warn!(error = %e, "running without the embedding cache")).ok());
+        let cache = with_cache.then(|| crate::ml::cache::EmbedCache::configured(&cache_dir, entries)).flatten();
         Engine::start(&ecfg, cache)
     });
     if let Some(e) = &engine {

@@ -51,6 +51,17 @@ pub struct EmbedCache {
 }
 
 impl EmbedCache {
+    /// The cache for `[vector] cache_entries` (`None` when 0: no cache), or
+    /// none with a warning when it cannot be opened: embedding goes on.
+    pub fn configured(cache_dir: &Path, max_entries: u64) -> Option<EmbedCache> {
+        if max_entries == 0 {
+            return None;
+        }
+        Self::open(cache_dir, max_entries)
+            .map_err(|e| tracing::warn!(error = %e, "running without the embedding cache"))
+            .ok()
+    }
+
     /// Opens (creating) the cache in `<cache dir>/embeddings`; one per process.
     pub fn open(cache_dir: &Path, max_entries: u64) -> Result<EmbedCache, CacheError> {
         let path = cache_dir.join("embeddings");
