@@ -7,7 +7,7 @@ METRICS ?= 127.0.0.1:9464
 # Where `make models` installs ONNX Runtime and the models (the tests read them here).
 MODEL_DIR ?= $(CURDIR)/models
 
-.PHONY: help deps models run demo build test lint fmt bench bench-criterion bench-load bench-bus bench-snapshots clean
+.PHONY: help deps models run demo build test lint fmt bench bench-criterion bench-load bench-bus bench-snapshots bench-embed bench-search clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -22,7 +22,11 @@ build: ## build the release binary
 	$(CARGO) build --release --locked
 
 run: deps build ## run the daemon: system bus as root, else a private bus it starts (state in $(STATE_DIR)); Ctrl-C stops
-	STATE_DIR=$(STATE_DIR) METRICS=$(METRICS) ./scripts/run.sh
+	@case "$${OP_DBUS_VECTOR_LEVEL:-}" in \
+		low|medium) ./scripts/models.sh --no-high $(MODEL_DIR) ;; \
+		high) ./scripts/models.sh $(MODEL_DIR) ;; \
+	esac
+	OP_DBUS_MODEL_DIR=$${OP_DBUS_MODEL_DIR:-$(MODEL_DIR)} STATE_DIR=$(STATE_DIR) METRICS=$(METRICS) ./scripts/run.sh
 
 demo: deps build ## record a sample burst on a private bus, then show `op-dbus log` and `op-dbus verify`
 	./scripts/demo.sh
@@ -41,7 +45,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: bench-criterion bench-load bench-bus bench-snapshots ## run every benchmark (see BENCHMARKS.md)
+bench: bench-criterion bench-load bench-bus bench-snapshots bench-embed bench-search ## run every benchmark (see BENCHMARKS.md)
 
 bench-criterion: ## criterion micro-benchmarks: codec and LMDB vs SQLite
 	$(CARGO) bench --locked --bench codec --bench index
@@ -57,6 +61,12 @@ bench-bus: ## live capture vs dbus-monitor and busctl on a private bus (BUS_N=20
 bench-snapshots: ## snapshots and replication on loop-mounted BTRFS (root; SNAP_N=200000, SNAP_DIR=.)
 	./scripts/deps.sh
 	$(CARGO) bench --locked --bench snapshots
+
+bench-search: ## search latency top-10 over stored vectors vs numpy and faiss (SEARCH_N=100000,1000000)
+	$(CARGO) bench --locked --bench search
+
+bench-embed: models ## ML embeddings/s, load time, peak RSS vs Python onnxruntime on the same models and texts (EMBED_N=1024, EMBED_MODELS)
+	OP_DBUS_MODEL_DIR=$(MODEL_DIR) $(CARGO) bench --locked --bench embed
 
 clean: ## remove build output and the local state folder
 	$(CARGO) clean

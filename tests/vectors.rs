@@ -254,15 +254,17 @@ fn a_burst_far_above_ml_speed_loses_no_block_and_the_lag_drains() {
         layout: Layout::new(&state, None),
         vector_level: VectorLevel::Low,
         model_dir: model_dir(),
-        vector: VectorConfig { precision: Precision::Fp32, ..Default::default() },
+        // The product default: the int8 model.
+        vector: VectorConfig::default(),
         snapshot: SnapshotConfig { interval: Interval::Off, ..Default::default() },
         ..Config::default().pipeline()
     };
+    assert_eq!(cfg.vector.precision, Precision::Int8);
     let system = actix_rt::System::new();
     system.block_on(async {
         let p = spawn_pipeline(cfg).unwrap();
         let engine = p.vectors.clone().expect("level low has an engine");
-        assert_eq!(engine.id(), "paraphrase-MiniLM-L3-v2");
+        assert_eq!(engine.id(), "paraphrase-MiniLM-L3-v2-int8");
         let started = Instant::now();
         for chunk in 0..n / 500 {
             let events = (chunk * 500..(chunk + 1) * 500)
