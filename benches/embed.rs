@@ -14,7 +14,7 @@
 //!    included; a warm-up first.
 //! 3. Load time and peak RSS of each model in a fresh process (this binary
 //!    re-run with EMBED_CHILD set): load, embed one batch of 32, read
-//!    `ru_maxrss`.
+//!    VmHWM (its own peak; `ru_maxrss` would include the parent's).
 //! 4. Agreement: cosine of int8 to fp32 vectors, of Rust to Python on the
 //!    same file, and of sorted to plain batches.
 //!
@@ -24,7 +24,9 @@
 //! first texts of the set, default 256: it is ~6x slower than MiniLM-L6);
 //! EMBED_PYTHON (interpreter for the peer, default python3; `none` skips
 //! it); OP_DBUS_MODEL_DIR (default ./models); EMBED_OUT (work dir, default
-//! target/bench-embed).
+//! target/bench-embed); EMBED_TRACE (an `op-dbus import` file, e.g. made by
+//! `scripts/gen-trace.py`: its first EMBED_N events' texts replace the set
+//! of step 1, so the daemon path's cache sees a trace's real repeats).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -686,6 +688,23 @@ fn bluez(r: &mut Rng, i: u64) -> (String, String, Option<String>, Value) {
 }
 
 /// The i-th text of the fixed set; a prefix of a longer set is the shorter one.
+/// The first `n` events of an `op-dbus import` file (EMBED_TRACE, e.g. from
+/// `scripts/gen-trace.py`), as `input_text`s: a trace's own repeats are
+/// what the daemon's cache sees.
+fn trace_texts(path: &Path, n: usize) -> Vec<String> {
+    let limits = op_dbus::import::Limits { max_data_bytes: 1 << 20, max_depth: 64 };
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("EMBED_TRACE {}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(n)
+        .map(|l| {
+            let e = op_dbus::import::parse_line(l.as_bytes(), limits, 0).expect("an import line");
+            input_text(&e.plugin_id, &e.operation, e.path.as_deref(), &e.data)
+        })
+        .collect()
+}
+
 fn texts(n: usize) -> Vec<String> {
     let mut r = Rng(0x006f_702d_6462_7573);
     (0..n as u64)
@@ -716,12 +735,6 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn max_rss_kib() -> u64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    u.ru_maxrss as u64
-}
-
 /// Child mode: load one model in this fresh process, embed one batch of 32,
 /// print the times and peak RSS as one JSON line.
 fn child(model_dir: &Path, name: &str, texts_path: &Path) {
@@ -744,7 +757,9 @@ fn child(model_dir: &Path, name: &str, texts_path: &Path) {
         serde_json::json!({
             "runtime_s": runtime_s, "load_s": load_s, "first_batch_s": first_s,
             "rss_before_kib": before, "rss_loaded_kib": rss_loaded,
-            "peak_rss_kib": max_rss_kib(), "vm_hwm_kib": rss_kib("VmHWM:"),
+            // VmHWM, not ru_maxrss: that one includes the parent's peak
+            // (Linux keeps it across fork and exec).
+            "peak_rss_kib": rss_kib("VmHWM:"),
         })
     );
 }
@@ -891,7 +906,11 @@ fn main() {
     let note = |s: String| eprintln!("bench-embed: {s}");
 
     // 1. The text set, written for the Python side.
-    let texts = texts(n);
+    let texts = match std::env::var_os("EMBED_TRACE") {
+        Some(p) => trace_texts(Path::new(&p), n),
+        None => texts(n),
+    };
+    let n = texts.len();
     let texts_path = work.join("texts.json");
     std::fs::write(&texts_path, serde_json::to_vec(&texts).unwrap()).unwrap();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -981,9 +1000,10 @@ fn main() {
                 note(format!("{name} threads {th} batch {b}: {plain:.1} emb/s, sorted {sorted:.1} emb/s"));
                 m.runs.insert((th, b), Run { plain, sorted });
             }
-            // The daemon's path at its batch (the largest here): worker
-            // chunks, the LMDB cache, each text once, int8 records.
-            if let Some(&b) = batches.last() {
+            // The daemon's path at its default batch: worker chunks, the
+            // LMDB cache, each text once, int8 records.
+            {
+                let b = op_dbus::config::VectorConfig::default().batch;
                 let dir = tempfile::tempdir_in(&work).unwrap();
                 let cache = EmbedCache::open(dir.path(), 1_000_000).unwrap();
                 let (cold, hits) = daemon_pass(&mut e, &cache, &spec.id(), refs, b);

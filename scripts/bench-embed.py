@@ -74,9 +74,13 @@ def split_spec(spec):
 
 
 def peak_rss_kib():
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    """VmHWM, this process's own peak: ru_maxrss would include the peak of
+    the parent it was forked from (Linux keeps it across fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 class Model:

@@ -91,7 +91,7 @@ pub struct VectorConfig {
 
 impl Default for VectorConfig {
     fn default() -> Self {
-        VectorConfig { precision: crate::ml::Precision::Int8, threads: 2, batch: 32, cache_entries: 1_000_000 }
+        VectorConfig { precision: crate::ml::Precision::Int8, threads: 2, batch: 8, cache_entries: 1_000_000 }
     }
 }
 

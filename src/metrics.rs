@@ -47,6 +47,7 @@ pub const FEED_SIGNALS: &str = "op_dbus_feed_signals_total";
 pub const SERVICE_CALLS: &str = "op_dbus_service_calls_total";
 pub const VECTOR_HEIGHT: &str = "op_dbus_vector_height_blocks";
 pub const VECTOR_LAG: &str = "op_dbus_vector_lag_blocks";
+pub const VECTOR_DEFERRED: &str = "op_dbus_vector_deferred";
 pub const VECTOR_EMBEDDED: &str = "op_dbus_vector_embedded_total";
 pub const VECTOR_DURATION: &str = "op_dbus_vector_batch_duration_seconds";
 pub const VECTOR_ERRORS: &str = "op_dbus_vector_errors_total";
@@ -114,6 +115,7 @@ pub fn describe() {
     describe_counter!(SERVICE_CALLS, Unit::Count, "org.opdbus.Chain1 method calls, by method and outcome");
     describe_gauge!(VECTOR_HEIGHT, Unit::Count, "blocks with a search vector of the active model");
     describe_gauge!(VECTOR_LAG, Unit::Count, "durable blocks without a search vector yet (the vector worker's lag)");
+    describe_gauge!(VECTOR_DEFERRED, "1 while the model waits for a burst on the chain to pass");
     describe_counter!(VECTOR_EMBEDDED, Unit::Count, "search vectors stored, by model");
     describe_histogram!(VECTOR_DURATION, Unit::Seconds, "time to embed and store one batch of search vectors");
     describe_counter!(VECTOR_ERRORS, Unit::Count, "vector worker batches that failed (retried)");

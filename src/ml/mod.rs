@@ -179,6 +179,9 @@ impl Embedder {
         }
         let session = Session::builder(env)
             .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(ort::Error::<()>::from))
+            // Idle pool threads sleep instead of spinning: a spinning thread
+            // takes a core from the capture even at idle priority.
+            .and_then(|b| b.with_intra_op_spinning(false).map_err(ort::Error::<()>::from))
             .and_then(|mut b| b.commit_from_file(&model_path))
             .map_err(|e| err(&model_path, e.to_string()))?;
         let token_type_ids = session.inputs().iter().any(|i| i.name() == "token_type_ids");

@@ -30,6 +30,47 @@ pub const CHUNK: usize = 64;
 pub const HEURISTIC_CHUNK: usize = 4096;
 /// How often an idle worker looks for new durable blocks.
 const POLL: Duration = Duration::from_millis(200);
+/// While the chain grows faster than this (blocks a second), a burst is
+/// being recorded and a model waits: even at idle priority its memory
+/// traffic and wake-ups cost the capture a fifth of its rate on two cores
+/// (BENCHMARKS.md). The lag drains once the burst is over.
+pub const BUSY_RATE: u64 = 1000;
+/// A model never waits longer than this at a time: on a host that is always
+/// that busy, it embeds one chunk per period (the lag metric shows it).
+pub const MAX_DEFER: Duration = Duration::from_secs(30);
+
+/// Whether the model should wait for a burst to pass (see BUSY_RATE).
+pub struct Burst {
+    last: (u64, Instant),
+    busy: bool,
+    since: Option<Instant>,
+}
+
+impl Burst {
+    pub fn new(height: u64, now: Instant) -> Self {
+        Burst { last: (height, now), busy: false, since: None }
+    }
+
+    /// Called each round with the durable height: true to wait this round.
+    pub fn defer(&mut self, height: u64, now: Instant) -> bool {
+        let dt = now.duration_since(self.last.1);
+        if dt >= POLL {
+            let grown = height.saturating_sub(self.last.0);
+            self.busy = grown as f64 > BUSY_RATE as f64 * dt.as_secs_f64();
+            self.last = (height, now);
+        }
+        if !self.busy {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) < MAX_DEFER {
+            return true;
+        }
+        self.since = Some(now); // one chunk now, then wait again
+        false
+    }
+}
 
 /// Embeds and stores the next chunk below `to`; returns how many blocks.
 /// `cursor` remembers where in the chain the last chunk ended.
@@ -143,11 +184,14 @@ fn run(layout: &Layout, engine: &Engine, height: &(dyn Fn() -> u64 + Send + Sync
     };
     let mut backoff = Duration::from_secs(1);
     let mut cursor = Cursor::default();
+    let mut burst = Burst::new(height(), Instant::now());
     while !stop.load(Ordering::Acquire) {
         let to = height();
         metrics::gauge!(m::VECTOR_HEIGHT).set(store.len() as f64);
         metrics::gauge!(m::VECTOR_LAG).set(to.saturating_sub(store.len()) as f64);
-        if store.len() >= to {
+        let defer = !engine.is_heuristic() && burst.defer(to, Instant::now());
+        metrics::gauge!(m::VECTOR_DEFERRED).set(defer as u8 as f64);
+        if store.len() >= to || defer {
             std::thread::park_timeout(POLL);
             continue;
         }
@@ -163,7 +207,52 @@ fn run(layout: &Layout, engine: &Engine, height: &(dyn Fn() -> u64 + Send + Sync
             }
         }
     }
+    // Heuristic vectors cost ~1 µs a block: finish them, so that a stopped
+    // daemon (or an `import`) leaves a complete store, and a snapshot taken
+    // next does not carry the rest. A model's lag is left to the next start.
+    if engine.is_heuristic() {
+        while store.len() < height() {
+            match step(layout, &mut cursor, engine, &mut store, height()) {
+                Ok((0, _)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
     if let Some(c) = engine.cache() {
         let _ = c.sync();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_waits_out_a_burst_but_not_forever() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut b = Burst::new(0, t0);
+        // Quiet: 100 blocks a second.
+        assert!(!b.defer(20, at(200)));
+        assert!(!b.defer(40, at(400)));
+        // A burst: 10,000 blocks a second.
+        assert!(b.defer(2040, at(600)));
+        // Inside a poll window the last verdict holds.
+        assert!(b.defer(2100, at(650)));
+        // Sustained: after MAX_DEFER one round goes through, then it waits again.
+        let mut h = 2100;
+        let mut ms = 800;
+        let mut passed = 0;
+        while ms < 600 + 2 * MAX_DEFER.as_millis() as u64 + 100 {
+            h += 2000;
+            if !b.defer(h, at(ms)) {
+                passed += 1;
+            }
+            ms += 200;
+        }
+        assert_eq!(passed, 2, "one round per MAX_DEFER under a sustained burst");
+        // The burst ends: no more waiting.
+        assert!(!b.defer(h + 10, at(ms)));
+        assert!(!b.defer(h + 20, at(ms + 200)));
     }
 }
