@@ -28,14 +28,15 @@
 //! `scripts/gen-trace.py`: its first EMBED_N events' texts replace the set
 //! of step 1, so the daemon path's cache sees a trace's real repeats).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use op_dbus::codec::Value;
-use op_dbus::ml::cache::{key, EmbedCache, Key};
-use op_dbus::ml::store::quantize;
+use op_dbus::config::VectorLevel;
+use op_dbus::ml::cache::EmbedCache;
+use op_dbus::ml::engine::{Engine, EngineConfig};
 use op_dbus::ml::text::input_text;
 use op_dbus::ml::worker::CHUNK;
 use op_dbus::ml::{Embedder, ModelKind, ModelSpec, Precision};
@@ -49,11 +50,11 @@ const ALL: [(&str, ModelKind, Precision); 6] = [
     ("mpnet-int8", ModelKind::MpNet, Precision::Int8),
 ];
 
-fn level(kind: ModelKind) -> &'static str {
+fn vector_level(kind: ModelKind) -> VectorLevel {
     match kind {
-        ModelKind::MiniLmL3 => "low",
-        ModelKind::MiniLmL6 => "medium",
-        ModelKind::MpNet => "high",
+        ModelKind::MiniLmL3 => VectorLevel::Low,
+        ModelKind::MiniLmL6 => VectorLevel::Medium,
+        ModelKind::MpNet => VectorLevel::High,
     }
 }
 
@@ -806,41 +807,16 @@ struct Daemon {
     warm: f64,
 }
 
-/// What the vector worker does with a chunk of blocks
-/// (`op_dbus::ml::engine::Engine::embed_blocks`, less decoding the blocks):
-/// cache keys, one lookup per chunk, each missing text embedded once with
-/// `embed_sorted`, int8 records, one cache write. Returns (texts/s, hits).
-fn daemon_pass(e: &mut Embedder, cache: &EmbedCache, id: &str, texts: &[&str], batch: usize) -> (f64, usize) {
+/// The vector worker's own path (`Engine::embed_texts`, what
+/// `embed_blocks` does once it has the blocks' texts): chunks of CHUNK, the
+/// cache, each text once, sorted batches, int8 records. Returns (texts/s, hits).
+fn daemon_pass(engine: &Engine, texts: &[&str]) -> (f64, usize) {
     let t = Instant::now();
     let mut hits = 0;
     let mut out = Vec::new();
     for chunk in texts.chunks(CHUNK) {
-        let keys: Vec<Key> = chunk.iter().map(|t| key(id, t)).collect();
-        let mut records = cache.get_many(&keys).unwrap();
-        let mut first_of: HashMap<Key, usize> = HashMap::new();
-        let mut todo = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            if records[i].is_none() && !first_of.contains_key(k) {
-                first_of.insert(*k, i);
-                todo.push(i);
-            }
-        }
-        hits += chunk.len() - todo.len();
-        if !todo.is_empty() {
-            let missing: Vec<&str> = todo.iter().map(|&i| chunk[i]).collect();
-            let mut fresh = Vec::with_capacity(todo.len());
-            for (&i, v) in todo.iter().zip(e.embed_sorted(&missing, batch).unwrap()) {
-                let mut rec = Vec::with_capacity(4 + v.len());
-                quantize(&v, &mut rec);
-                fresh.push((keys[i], rec.clone()));
-                records[i] = Some(rec);
-            }
-            cache.put_many(&fresh).unwrap();
-        }
         out.clear();
-        for (i, k) in keys.iter().enumerate() {
-            out.extend_from_slice(records[i].as_deref().unwrap_or_else(|| records[first_of[k]].as_deref().unwrap()));
-        }
+        hits += engine.embed_texts(chunk, &mut out).unwrap().hits as usize;
         std::hint::black_box(&out);
     }
     (texts.len() as f64 / t.elapsed().as_secs_f64(), hits)
@@ -1006,8 +982,17 @@ fn main() {
                 let b = op_dbus::config::VectorConfig::default().batch;
                 let dir = tempfile::tempdir_in(&work).unwrap();
                 let cache = EmbedCache::open(dir.path(), 1_000_000).unwrap();
-                let (cold, hits) = daemon_pass(&mut e, &cache, &spec.id(), refs, b);
-                let (warm, _) = daemon_pass(&mut e, &cache, &spec.id(), refs, b);
+                let cfg = EngineConfig {
+                    level: vector_level(kind),
+                    model_dir: model_dir.clone(),
+                    precision,
+                    threads: th,
+                    batch: b,
+                };
+                let engine = Engine::start(&cfg, Some(cache)).expect("an ML level has an engine");
+                assert_eq!(engine.id(), spec.id(), "the daemon's engine fell back: {:?}", engine.fallback());
+                let (cold, hits) = daemon_pass(&engine, refs);
+                let (warm, _) = daemon_pass(&engine, refs);
                 note(format!(
                     "{name} threads {th} daemon path: cold cache {cold:.1} emb/s ({hits} hits), warm {warm:.1}"
                 ));
@@ -1191,7 +1176,7 @@ fn main() {
             };
             println!(
                 "| {} ({}) | {th} | {} | {rate:.1} ({what}) | {} | {d_cold} | {d_ratio} | {needed} |",
-                level(kind),
+                vector_level(kind).as_str(),
                 short_model(kind),
                 py.map(|(r, b)| format!("{r:.1} ({b})")).unwrap_or_else(|| "–".into()),
                 ratio(rate),

@@ -177,8 +177,9 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+/// The block filters `log` and `search` share.
 #[derive(Debug, Args)]
-pub struct LogArgs {
+pub struct FilterArgs {
     /// Captured at or after this time (RFC 3339 or ns since the epoch)
     #[arg(long)]
     pub since: Option<String>,
@@ -189,6 +190,24 @@ pub struct LogArgs {
     pub plugin: Option<String>,
     #[arg(long)]
     pub operation: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self, limit: Option<usize>) -> Result<Filter, Failure> {
+        Ok(Filter {
+            since: self.since.as_deref().map(|s| parse_time("since", s)).transpose().map_err(usage)?,
+            until: self.until.as_deref().map(|s| parse_time("until", s)).transpose().map_err(usage)?,
+            plugin: self.plugin.clone(),
+            operation: self.operation.clone(),
+            limit,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Show only the most recent N matches
     #[arg(long)]
     pub limit: Option<usize>,
@@ -204,16 +223,8 @@ pub struct SearchArgs {
     /// How many results
     #[arg(long, default_value_t = 10)]
     pub k: usize,
-    /// Captured at or after this time (RFC 3339 or ns since the epoch)
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Captured before this time (RFC 3339 or ns since the epoch)
-    #[arg(long)]
-    pub until: Option<String>,
-    #[arg(long)]
-    pub plugin: Option<String>,
-    #[arg(long)]
-    pub operation: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Search this level's vectors [default: the level the daemon uses, else vector.level]
     #[arg(long)]
     pub level: Option<String>,
@@ -911,13 +922,7 @@ fn parse_time(key: &str, s: &str) -> anyhow::Result<i64> {
 
 fn log(cfg: &Config, a: &LogArgs) -> Result<u8, Failure> {
     let layout = cfg.layout();
-    let filter = Filter {
-        since: a.since.as_deref().map(|s| parse_time("since", s)).transpose().map_err(usage)?,
-        until: a.until.as_deref().map(|s| parse_time("until", s)).transpose().map_err(usage)?,
-        plugin: a.plugin.clone(),
-        operation: a.operation.clone(),
-        limit: a.limit,
-    };
+    let filter = a.filter.filter(a.limit)?;
     let index = open_index(&layout);
     let blocks = query::query(&layout, index.as_ref(), &filter).map_err(anyhow::Error::from)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -1066,13 +1071,7 @@ fn search_cmd(cfg: &Config, a: &SearchArgs) -> Result<u8, Failure> {
     use crate::ml::engine::{self, Engine};
     use crate::ml::ModelSpec;
     let layout = cfg.layout();
-    let filter = Filter {
-        since: a.since.as_deref().map(|s| parse_time("since", s)).transpose().map_err(usage)?,
-        until: a.until.as_deref().map(|s| parse_time("until", s)).transpose().map_err(usage)?,
-        plugin: a.plugin.clone(),
-        operation: a.operation.clone(),
-        limit: None,
-    };
+    let filter = a.filter.filter(None)?;
     if cfg.vector_level == crate::config::VectorLevel::None {
         return Err(usage(anyhow::anyhow!("vector level none stores no vectors: nothing to search")));
     }

@@ -186,7 +186,26 @@ impl Engine {
                 input_text(&fp.plugin_id, &fp.operation, fp.path.as_deref(), v)
             })
             .collect();
-        let keys: Vec<cache::Key> = texts.iter().map(|t| cache::key(&self.id, t)).collect();
+        self.embed_texts_with(model, &texts, out)
+    }
+
+    /// Appends the quantized vector of each input text to `out`, in order,
+    /// as [`embed_blocks`](Self::embed_blocks) does for a model engine: the
+    /// cache first, each missing text embedded once, in sorted batches.
+    /// An error for a heuristic engine, whose vectors come from footprints.
+    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S], out: &mut Vec<u8>) -> Result<EmbedStats, MlError> {
+        let model =
+            self.model.as_ref().ok_or_else(|| MlError::Run("heuristic vectors embed footprints, not texts".into()))?;
+        self.embed_texts_with(model, texts, out)
+    }
+
+    fn embed_texts_with<S: AsRef<str>>(
+        &self,
+        model: &Model,
+        texts: &[S],
+        out: &mut Vec<u8>,
+    ) -> Result<EmbedStats, MlError> {
+        let keys: Vec<cache::Key> = texts.iter().map(|t| cache::key(&self.id, t.as_ref())).collect();
         let mut records: Vec<Option<Vec<u8>>> = match &self.cache {
             Some(c) => c.get_many(&keys).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "embedding cache read failed; embedding without it");
@@ -203,9 +222,9 @@ impl Engine {
                 todo.push(i);
             }
         }
-        let stats = EmbedStats { hits: (blocks.len() - todo.len()) as u64, misses: todo.len() as u64 };
+        let stats = EmbedStats { hits: (texts.len() - todo.len()) as u64, misses: todo.len() as u64 };
         if !todo.is_empty() {
-            let batch: Vec<&str> = todo.iter().map(|&i| texts[i].as_str()).collect();
+            let batch: Vec<&str> = todo.iter().map(|&i| texts[i].as_ref()).collect();
             let vecs = model.with(|e| e.embed_sorted(&batch, model.batch))?;
             let mut fresh = Vec::with_capacity(todo.len());
             for (&i, v) in todo.iter().zip(vecs) {

@@ -37,6 +37,13 @@ pub fn stride(dims: usize) -> usize {
     4 + dims
 }
 
+/// Whether a record (starting at `rec`) was written: `quantize` never
+/// makes a zero, negative or non-finite scale, so one is a crash hole.
+fn written(rec: &[u8]) -> bool {
+    let scale = f32::from_le_bytes(rec[..4].try_into().expect("4 bytes"));
+    scale > 0.0 && scale.is_finite()
+}
+
 /// A unit vector as stored: `(scale, values)`.
 pub fn quantize(v: &[f32], out: &mut Vec<u8>) {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -110,8 +117,7 @@ impl StoreWriter {
         file.seek(SeekFrom::Start(HEADER_LEN + check_from * st)).map_err(io_err(&path))?;
         file.read_exact(&mut buf).map_err(io_err(&path))?;
         for (i, rec) in buf.chunks_exact(st as usize).enumerate() {
-            let scale = f32::from_le_bytes(rec[..4].try_into().expect("4 bytes"));
-            if !(scale > 0.0 && scale.is_finite()) {
+            if !written(rec) {
                 len = check_from + i as u64;
                 tracing::warn!(path = %path.display(), from = len, "cutting search vectors a crash left unwritten");
                 break;
@@ -181,11 +187,7 @@ impl StoreReader {
         let mut len = (size - HEADER_LEN) / stride(dims) as u64;
         let body = &map[HEADER_LEN as usize..];
         // A reader may race the writer's crash recovery: stop at a hole.
-        while len > 0 {
-            let r = &body[(len as usize - 1) * stride(dims)..][..4];
-            if f32::from_le_bytes(r.try_into().expect("4 bytes")) > 0.0 {
-                break;
-            }
+        while len > 0 && !written(&body[(len as usize - 1) * stride(dims)..]) {
             len -= 1;
         }
         Ok(Some(StoreReader { map, dims, len }))
