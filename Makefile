@@ -38,8 +38,9 @@ test: deps models ## run every test (unit, property, integration: private dbus-d
 		OP_DBUS_MODEL_DIR=$(MODEL_DIR) $(CARGO) test --locked --no-fail-fast; \
 	fi
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, no import circles
 	$(CARGO) fmt --all -- --check
+	python3 scripts/check-imports.py
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 fmt: ## format the code

@@ -1,5 +1,5 @@
 //! Embedding benchmark (`make bench-embed`, i.e. `cargo bench --bench embed`):
-//! the ML levels' models through `op_dbus::ml::Embedder` against Python
+//! the ML levels' models through `op_dbus::ml::onnx::SentenceModel` against Python
 //! onnxruntime (`scripts/bench-embed.py`, run from here) on the same model
 //! files and the same texts, in the same run.
 //!
@@ -34,12 +34,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use op_dbus::codec::Value;
-use op_dbus::config::VectorLevel;
 use op_dbus::ml::cache::EmbedCache;
 use op_dbus::ml::engine::{Engine, EngineConfig};
+use op_dbus::ml::onnx::SentenceModel;
 use op_dbus::ml::text::input_text;
 use op_dbus::ml::worker::CHUNK;
-use op_dbus::ml::{Embedder, ModelKind, ModelSpec, Precision};
+use op_dbus::ml::VectorLevel;
+use op_dbus::ml::{ModelKind, ModelSpec, Precision};
 
 const ALL: [(&str, ModelKind, Precision); 6] = [
     ("l3", ModelKind::MiniLmL3, Precision::Fp32),
@@ -744,10 +745,10 @@ fn child(model_dir: &Path, name: &str, texts_path: &Path) {
     let refs: Vec<&str> = texts.iter().take(32).map(String::as_str).collect();
     let before = rss_kib("VmRSS:");
     let t = Instant::now();
-    op_dbus::ml::load_runtime(model_dir).unwrap();
+    op_dbus::ml::onnx::load_runtime(model_dir).unwrap();
     let runtime_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut e = Embedder::load(model_dir, ModelSpec { kind, precision }, 1).unwrap();
+    let mut e = SentenceModel::load(model_dir, ModelSpec { kind, precision }, 1).unwrap();
     let load_s = t.elapsed().as_secs_f64();
     let rss_loaded = rss_kib("VmRSS:");
     let t = Instant::now();
@@ -894,7 +895,7 @@ fn main() {
     let bytes: Vec<usize> = texts.iter().map(String::len).collect();
     note(format!("{n} texts in {}", texts_path.display()));
 
-    if let Err(e) = op_dbus::ml::load_runtime(&model_dir) {
+    if let Err(e) = op_dbus::ml::onnx::load_runtime(&model_dir) {
         note(format!("no ONNX Runtime, nothing to measure: {e}"));
         return;
     }
@@ -945,7 +946,7 @@ fn main() {
             file_mb,
         };
         for (ti, &th) in threads.iter().enumerate() {
-            let mut e = match Embedder::load(&model_dir, spec, th) {
+            let mut e = match SentenceModel::load(&model_dir, spec, th) {
                 Ok(e) => e,
                 Err(err) => {
                     note(format!("{name}: {err} (skipped)"));

@@ -13,10 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use op_dbus::actors::pipeline::{spawn_pipeline, Faults, PipelineConfig};
-use op_dbus::chain::Layout;
 use op_dbus::codec::{Source, Value};
+use op_dbus::layout::Layout;
 use op_dbus::messages::{RawEvent, RawEventBatch};
+use op_dbus::pipeline::{spawn_pipeline, Faults, PipelineConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_op-dbus");
 
@@ -175,8 +175,11 @@ fn steady_latency(dir: &Path, rate: u64, seconds: u64) -> (f64, f64, f64) {
     system.block_on(async {
         // The product defaults (config/op-dbus.toml).
         let defaults = op_dbus::config::Config::default();
-        let mut cfg =
-            PipelineConfig { layout: Layout::new(dir, None), faults: Faults::default(), ..defaults.pipeline() };
+        let mut cfg = PipelineConfig {
+            layout: Layout::new(dir, None),
+            faults: Faults::default(),
+            ..PipelineConfig::new(&defaults)
+        };
         cfg.snapshot.interval = op_dbus::storage::retention::Interval::Off;
         let p = spawn_pipeline(cfg).unwrap();
         // One event per submission, paced every 1/rate s in ticks of 1 ms.

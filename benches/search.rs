@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use op_dbus::chain::Layout;
+use op_dbus::layout::Layout;
 use op_dbus::ml::store::{quantize, StoreReader, StoreWriter};
 
 const DIMS: usize = 384;

@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use op_dbus::actors::pipeline::{spawn_pipeline, Pipeline, PipelineConfig};
-use op_dbus::chain::Layout;
 use op_dbus::codec::{Source, Value};
 use op_dbus::config::{Config, SnapshotConfig};
+use op_dbus::layout::Layout;
 use op_dbus::messages::RawEvent;
+use op_dbus::pipeline::{spawn_pipeline, Pipeline, PipelineConfig};
 use op_dbus::storage::replicate::{self, ReplicaConfig, ReplicaProgress};
 use op_dbus::storage::retention::{Interval, Retention};
 
@@ -82,7 +82,7 @@ fn event(i: u64) -> RawEvent {
 }
 
 fn pipeline(state: &Path, interval: Interval) -> Pipeline {
-    let mut cfg = PipelineConfig { layout: Layout::new(state, None), ..Config::default().pipeline() };
+    let mut cfg = PipelineConfig { layout: Layout::new(state, None), ..PipelineConfig::new(&Config::default()) };
     cfg.snapshot = SnapshotConfig { interval, retention: Retention { recent: 1_000_000, ..Default::default() } };
     spawn_pipeline(cfg).unwrap()
 }
@@ -190,7 +190,7 @@ fn main() {
                     cli.push(t.elapsed().as_secs_f64() * 1e3);
                 }
                 for e in std::fs::read_dir(&peer).unwrap() {
-                    op_dbus::storage::btrfs::delete_subvolume(&e.unwrap().path()).unwrap();
+                    op_dbus::layout::btrfs::delete_subvolume(&e.unwrap().path()).unwrap();
                 }
                 (ours, cli)
             });

@@ -11,15 +11,16 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::actors::pipeline::{attach_bus, lock_state_dir, spawn_pipeline};
-use crate::chain::{reader, verify, Layout};
+use crate::chain::{reader, verify};
 use crate::codec::{hex, parse_hex_hash};
 use crate::config::{Config, ConfigError, Overrides};
 use crate::import::{self, Limits, LineReader, ReadLine};
+use crate::index::indexer::Indexer;
+use crate::index::query::{self, Filter};
 use crate::index::Index;
-use crate::indexer::Indexer;
+use crate::layout::Layout;
 use crate::messages::RawEventBatch;
-use crate::query::{self, Filter};
+use crate::pipeline::{attach_bus, lock_state_dir, spawn_pipeline};
 
 pub const EXIT_PROBLEM: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -374,7 +375,7 @@ fn run(cfg: Config) -> Result<u8, Failure> {
                 })?),
                 None => None,
             };
-        let mut pipeline = spawn_pipeline(cfg.pipeline())?;
+        let mut pipeline = spawn_pipeline(crate::pipeline::PipelineConfig::new(&cfg))?;
         let limits = Limits { max_data_bytes: cfg.max_data_bytes, max_depth: cfg.max_depth };
         if let Err(e) = attach_bus(&mut pipeline, &cfg.bus, &cfg.service, limits).await {
             // Nothing was recorded from the bus yet; close what did start.
@@ -390,7 +391,7 @@ fn run(cfg: Config) -> Result<u8, Failure> {
             service = cfg.service.enabled,
             storage = %{
                 let l = cfg.layout();
-                crate::storage::describe(&[&l.timing, &l.vectors, &l.cache])
+                crate::layout::describe(&[&l.timing, &l.vectors, &l.cache])
             },
             "op-dbus is recording"
         );
@@ -463,7 +464,7 @@ fn snapshots_cmd(cfg: &Config, c: SnapshotsCmd) -> Result<u8, Failure> {
             let index = open_index(&layout);
             let mut bad = 0;
             for s in &chosen {
-                let problem = crate::storage::verify_snapshot(&layout, index.as_ref(), s);
+                let problem = crate::storage::snapshot::verify(&layout, index.as_ref(), s);
                 if problem.is_some() {
                     bad += 1;
                 }
@@ -530,7 +531,7 @@ fn snapshot_now(cfg: &Config, bus: Option<&str>) -> Result<u8, Failure> {
             drop(lock);
             let system = actix_rt::System::new();
             let r: anyhow::Result<Option<crate::storage::snapshot::SnapshotMeta>> = system.block_on(async {
-                let mut pc = cfg.pipeline();
+                let mut pc = crate::pipeline::PipelineConfig::new(cfg);
                 pc.snapshot.interval = crate::storage::retention::Interval::Off;
                 let p = spawn_pipeline(pc)?;
                 let r = p.snapshot_now().await.map_err(|e| anyhow::anyhow!(e));
@@ -677,7 +678,7 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
     let outcome: anyhow::Result<(ReadOutcome, u64, Option<crate::messages::Committed>, bool)> =
         system.block_on(async move {
             // An import is not the daemon: it takes no snapshots.
-            let mut pc = cfg.pipeline();
+            let mut pc = crate::pipeline::PipelineConfig::new(&cfg);
             pc.snapshot.interval = crate::storage::retention::Interval::Off;
             let pipeline = spawn_pipeline(pc)?;
             if pipeline.recovery.cut_bytes > 0 {
@@ -984,8 +985,8 @@ fn status(cfg: &Config, as_json: bool) -> Result<u8, Failure> {
         Ok(()) => None,
         Err(_) => Some(std::fs::read_to_string(&lock).unwrap_or_default().trim().to_string()),
     });
-    let fs = crate::storage::filesystem_type(&layout.state_dir);
-    let storage = crate::storage::describe(&[&layout.timing, &layout.vectors, &layout.cache]);
+    let fs = crate::layout::filesystem_type(&layout.state_dir);
+    let storage = crate::layout::describe(&[&layout.timing, &layout.vectors, &layout.cache]);
     // What the daemon (or the last backfill) said it uses, and how far its
     // store reaches.
     let vstate = crate::ml::engine::read_state(&layout.state_dir);
@@ -1072,7 +1073,7 @@ fn search_cmd(cfg: &Config, a: &SearchArgs) -> Result<u8, Failure> {
     use crate::ml::ModelSpec;
     let layout = cfg.layout();
     let filter = a.filter.filter(None)?;
-    if cfg.vector_level == crate::config::VectorLevel::None {
+    if cfg.vector_level == crate::ml::VectorLevel::None {
         return Err(usage(anyhow::anyhow!("vector level none stores no vectors: nothing to search")));
     }
     // The model the daemon uses (it may have fallen back), unless a level

@@ -9,39 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VectorLevel {
-    None,
-    Heuristic,
-    Low,
-    Medium,
-    High,
-}
-
-impl VectorLevel {
-    pub const ALLOWED: &'static str = "none, heuristic, low, medium, high";
-
-    pub fn parse(s: &str) -> Option<VectorLevel> {
-        Some(match s.trim().to_ascii_lowercase().as_str() {
-            "none" => VectorLevel::None,
-            "heuristic" => VectorLevel::Heuristic,
-            "low" => VectorLevel::Low,
-            "medium" => VectorLevel::Medium,
-            "high" => VectorLevel::High,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VectorLevel::None => "none",
-            VectorLevel::Heuristic => "heuristic",
-            VectorLevel::Low => "low",
-            VectorLevel::Medium => "medium",
-            VectorLevel::High => "high",
-        }
-    }
-}
+use crate::ml::VectorLevel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -606,25 +574,8 @@ impl Config {
         Ok(c)
     }
 
-    pub fn layout(&self) -> crate::chain::Layout {
-        crate::chain::Layout::new(&self.state_dir, self.cache_dir.as_deref())
-    }
-
-    pub fn pipeline(&self) -> crate::actors::pipeline::PipelineConfig {
-        crate::actors::pipeline::PipelineConfig {
-            layout: self.layout(),
-            max_batch: self.max_batch,
-            max_wait: self.max_wait,
-            segment_max_bytes: self.segment_max_bytes,
-            vector_level: self.vector_level,
-            model_dir: self.model_dir.clone(),
-            vector: self.vector.clone(),
-            max_data_bytes: self.max_data_bytes,
-            index_sync_interval: self.index_sync_interval,
-            snapshot: self.snapshot.clone(),
-            replicas: self.replicas.clone(),
-            faults: Default::default(),
-        }
+    pub fn layout(&self) -> crate::layout::Layout {
+        crate::layout::Layout::new(&self.state_dir, self.cache_dir.as_deref())
     }
 }
 

@@ -10,8 +10,7 @@ use std::io::BufRead;
 
 use serde::Deserialize;
 
-use crate::actors::footprinter::MAX_FIELD_BYTES;
-use crate::codec::{DataError, Source, Value};
+use crate::codec::{DataError, Source, Value, MAX_FIELD_BYTES};
 use crate::messages::RawEvent;
 
 /// Limit on plugin_id and operation, in bytes (D-Bus names are at most 255).
@@ -115,7 +114,7 @@ pub fn check_event(plugin_id: &str, operation: &str, value: &Value, limits: Limi
     if value.depth() > limits.max_depth {
         return Err(DataError::TooDeep { max: limits.max_depth }.into());
     }
-    let size = encoded_len(value);
+    let size = value.encoded_len();
     if size > limits.max_data_bytes {
         return Err(DataError::TooLarge { size, max: limits.max_data_bytes }.into());
     }
@@ -138,55 +137,6 @@ fn check_name(field: &'static str, s: &str) -> Result<(), LineError> {
         return Err(LineError::BadName { field });
     }
     Ok(())
-}
-
-/// Size of a value's canonical encoding, without encoding it.
-pub fn encoded_len(v: &Value) -> usize {
-    fn len_header(n: usize, fix_max: usize) -> usize {
-        if n <= fix_max {
-            1
-        } else if n <= u16::MAX as usize {
-            3
-        } else {
-            5
-        }
-    }
-    match v {
-        Value::Nil | Value::Bool(_) => 1,
-        Value::UInt(u) => match *u {
-            0..=127 => 1,
-            128..=255 => 2,
-            256..=65_535 => 3,
-            65_536..=4_294_967_295 => 5,
-            _ => 9,
-        },
-        Value::Int(i) => match *i {
-            -32..=-1 => 1,
-            -128..=-33 => 2,
-            -32_768..=-129 => 3,
-            -2_147_483_648..=-32_769 => 5,
-            _ => 9,
-        },
-        Value::Float(_) => 9,
-        Value::Str(s) => {
-            let n = s.len();
-            (if n <= 31 {
-                1
-            } else if n <= 255 {
-                2
-            } else {
-                len_header(n, 0)
-            }) + n
-        }
-        Value::Bin(b) => {
-            let n = b.len();
-            (if n <= 255 { 2 } else { len_header(n, 0) }) + n
-        }
-        Value::Array(a) => len_header(a.len(), 15) + a.iter().map(encoded_len).sum::<usize>(),
-        Value::Map(m) => {
-            len_header(m.len(), 15) + m.iter().map(|(k, v)| encoded_len(k) + encoded_len(v)).sum::<usize>()
-        }
-    }
 }
 
 /// Reads lines up to `max` bytes. A longer line is consumed to its end and
@@ -298,19 +248,6 @@ mod tests {
         let big = format!(r#"{{"plugin_id":"p","operation":"x","data":"{}"}}"#, "x".repeat(2000));
         let e = parse_line(big.as_bytes(), L, 0).unwrap_err().to_string();
         assert!(e.contains("above the cap of 1024"), "{e}");
-    }
-
-    #[test]
-    fn encoded_len_matches_encoding() {
-        let v: Value = serde_json::from_str(
-            r#"{"a":[1,-1,-40,-200,-70000,-5000000000,300,70000,5000000000,1.5,"s",null,true],"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb":{"x":"y"}}"#,
-        )
-        .unwrap();
-        assert_eq!(encoded_len(&v), v.encode().len());
-        let long = Value::Array((0..20).map(|i| Value::Str("z".repeat(i * 20))).collect());
-        assert_eq!(encoded_len(&long), long.encode().len());
-        let bin = Value::Bin(vec![0; 300]);
-        assert_eq!(encoded_len(&bin), bin.encode().len());
     }
 
     #[test]

@@ -10,11 +10,12 @@ mod private_bus;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use op_dbus::actors::pipeline::{attach_bus, spawn_pipeline, Faults, PipelineConfig};
-use op_dbus::chain::{reader, Layout};
+use op_dbus::chain::reader;
 use op_dbus::codec::Value;
 use op_dbus::config::{BusAddress, BusConfig, Config, QueuePolicy, ServiceConfig, SnapshotConfig};
 use op_dbus::import::Limits;
+use op_dbus::layout::Layout;
+use op_dbus::pipeline::{attach_bus, spawn_pipeline, Faults, PipelineConfig};
 use op_dbus::storage::retention::Interval;
 use private_bus::Bus;
 
@@ -42,7 +43,7 @@ fn record(policy: QueuePolicy) -> Recorded {
         max_batch: 64,
         snapshot: SnapshotConfig { interval: Interval::Off, ..Default::default() },
         faults: Faults { commit_delay: Some(Duration::from_millis(20)), ..Default::default() },
-        ..Config::default().pipeline()
+        ..PipelineConfig::new(&Config::default())
     };
     let bus_cfg = BusConfig {
         address: BusAddress::Address(bus.address.clone()),

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use op_dbus::ml::{Embedder, ModelKind, ModelSpec, Precision};
+use op_dbus::ml::onnx::SentenceModel;
+use op_dbus::ml::{ModelKind, ModelSpec, Precision};
 
 fn model_dir() -> PathBuf {
     std::env::var_os("OP_DBUS_MODEL_DIR")
@@ -43,7 +44,7 @@ fn embeddings_match_python_onnxruntime() {
                 Precision::Fp32 => kind.id().to_string(),
                 Precision::Int8 => format!("{}/int8", kind.id()),
             };
-            let mut e = Embedder::load(&model_dir(), spec, 2).unwrap_or_else(|e| panic!("{e}"));
+            let mut e = SentenceModel::load(&model_dir(), spec, 2).unwrap_or_else(|e| panic!("{e}"));
             let same = reference_vectors(&reference, &key);
             let fp32 = reference_vectors(&reference, kind.id());
             for (i, text) in texts.iter().enumerate() {
@@ -72,7 +73,7 @@ fn length_sorted_batches_keep_the_input_order() {
     let reference: serde_json::Value = serde_json::from_str(include_str!("fixtures/ml_reference.json")).unwrap();
     let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     let kind = ModelKind::MiniLmL3;
-    let mut e = Embedder::load(&model_dir(), kind, 1).unwrap();
+    let mut e = SentenceModel::load(&model_dir(), kind, 1).unwrap();
     let want = reference["models"][kind.id()].as_array().unwrap();
     for batch in [1, 2, 4] {
         let got = e.embed_sorted(&texts, batch).unwrap();
@@ -96,10 +97,10 @@ fn a_truncated_model_is_an_error() {
     std::fs::copy(src.join(ModelKind::MiniLmL3.id()).join("tokenizer.json"), m.join("tokenizer.json")).unwrap();
     let model = std::fs::read(src.join(ModelKind::MiniLmL3.id()).join("model.onnx")).unwrap();
     std::fs::write(m.join("model.onnx"), &model[..model.len() / 3]).unwrap();
-    let e = Embedder::load(dir.path(), ModelKind::MiniLmL3, 1).err().expect("a truncated model must not load");
+    let e = SentenceModel::load(dir.path(), ModelKind::MiniLmL3, 1).err().expect("a truncated model must not load");
     assert!(e.to_string().contains("paraphrase-MiniLM-L3-v2"), "{e}");
     std::fs::remove_file(m.join("model.onnx")).unwrap();
-    let e = Embedder::load(dir.path(), ModelKind::MiniLmL3, 1).err().expect("a missing model must not load");
+    let e = SentenceModel::load(dir.path(), ModelKind::MiniLmL3, 1).err().expect("a missing model must not load");
     assert!(e.to_string().contains("make models"), "{e}");
 }
 
@@ -155,7 +156,7 @@ fn related_events_rank_above_unrelated_ones() {
         net("disconnected"),
         net("connecting"),
     ];
-    let mut e = Embedder::load(&model_dir(), ModelKind::MiniLmL6, 2).unwrap();
+    let mut e = SentenceModel::load(&model_dir(), ModelKind::MiniLmL6, 2).unwrap();
     let texts: Vec<&str> = events.iter().map(|(_, t)| t.as_str()).collect();
     let vecs = e.embed(&texts).unwrap();
     for (query, label) in [

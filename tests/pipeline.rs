@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use op_dbus::actors::pipeline::{spawn_pipeline, Faults, PipelineConfig};
-use op_dbus::chain::{reader, verify, Layout};
+use op_dbus::chain::{reader, verify};
 use op_dbus::codec::{Source, Value};
-use op_dbus::config::VectorLevel;
 use op_dbus::index::Index;
+use op_dbus::layout::Layout;
 use op_dbus::messages::{RawEvent, RawEventBatch};
+use op_dbus::ml::VectorLevel;
+use op_dbus::pipeline::{spawn_pipeline, Faults, PipelineConfig};
 
 fn config(dir: &std::path::Path, faults: Faults) -> PipelineConfig {
     PipelineConfig {

@@ -51,11 +51,12 @@ fn event(i: u64) -> op_dbus::messages::RawEvent {
 /// An in-process pipeline at the product defaults, snapshotting every
 /// `period` (not an interval the configuration accepts: the timer is the
 /// same code at any period) and keeping every snapshot.
-fn timed_pipeline(state: &Path, period: std::time::Duration) -> op_dbus::actors::pipeline::Pipeline {
-    use op_dbus::actors::pipeline::{spawn_pipeline, PipelineConfig};
+fn timed_pipeline(state: &Path, period: std::time::Duration) -> op_dbus::pipeline::Pipeline {
     use op_dbus::config::{Config, SnapshotConfig};
+    use op_dbus::pipeline::{spawn_pipeline, PipelineConfig};
     use op_dbus::storage::retention::{Interval, Retention};
-    let mut cfg = PipelineConfig { layout: op_dbus::chain::Layout::new(state, None), ..Config::default().pipeline() };
+    let mut cfg =
+        PipelineConfig { layout: op_dbus::layout::Layout::new(state, None), ..PipelineConfig::new(&Config::default()) };
     cfg.snapshot = SnapshotConfig {
         interval: Interval::Every(period),
         retention: Retention { recent: 100_000, ..Default::default() },
@@ -254,7 +255,7 @@ fn timed_snapshots_run_from_a_timer_and_one_is_taken_at_shutdown() {
         // Nothing arrives now; the timer still fires, once for what is new,
         // then finds nothing new (a snapshot's own record is not news).
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let layout = op_dbus::chain::Layout::new(&state, None);
+        let layout = op_dbus::layout::Layout::new(&state, None);
         let during = op_dbus::storage::snapshot::list(&layout);
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(op_dbus::storage::snapshot::list(&layout), during, "idle ticks took snapshots of nothing new");

@@ -383,7 +383,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// to (the end of the segment before) is checked against its stored bytes.
 #[test]
 fn a_range_is_verified_on_its_own_and_linked_to_the_block_before() {
-    use op_dbus::chain::{verify, Layout};
+    use op_dbus::chain::verify;
+    use op_dbus::layout::Layout;
     let (_dir, state) = fresh();
     let layout = Layout::new(&state, None);
     let segs = segments(&state);

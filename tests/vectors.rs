@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{import_lines, line, run_env};
-use op_dbus::actors::pipeline::{spawn_pipeline, PipelineConfig};
-use op_dbus::chain::Layout;
 use op_dbus::codec::{Source, Value as V};
-use op_dbus::config::{Config, SnapshotConfig, VectorConfig, VectorLevel};
+use op_dbus::config::{Config, SnapshotConfig, VectorConfig};
+use op_dbus::layout::Layout;
 use op_dbus::messages::RawEvent;
 use op_dbus::ml::store::StoreReader;
 use op_dbus::ml::Precision;
+use op_dbus::ml::VectorLevel;
+use op_dbus::pipeline::{spawn_pipeline, PipelineConfig};
 use op_dbus::storage::retention::Interval;
 use serde_json::{json, Value};
 
@@ -120,7 +121,7 @@ fn backfill_after_a_level_change_and_the_cache() {
     assert_eq!(std::fs::read(&file).unwrap(), before);
 
     // The stored vector is the model's vector of the block's text.
-    let mut m = op_dbus::ml::Embedder::load(&models, op_dbus::ml::ModelKind::MiniLmL3, 1).unwrap();
+    let mut m = op_dbus::ml::onnx::SentenceModel::load(&models, op_dbus::ml::ModelKind::MiniLmL3, 1).unwrap();
     let b = &common::log_json(&state, &[])[3];
     let text = op_dbus::ml::text::input_text(
         b["plugin_id"].as_str().unwrap(),
@@ -257,7 +258,7 @@ fn a_burst_far_above_ml_speed_loses_no_block_and_the_lag_drains() {
         // The product default: the int8 model.
         vector: VectorConfig::default(),
         snapshot: SnapshotConfig { interval: Interval::Off, ..Default::default() },
-        ..Config::default().pipeline()
+        ..PipelineConfig::new(&Config::default())
     };
     assert_eq!(cfg.vector.precision, Precision::Int8);
     let system = actix_rt::System::new();

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::edge::Inbox;
-use super::pipeline::Health;
-use super::{count_restart, delivered, pull, Delivery, Stage};
-use crate::chain::Layout;
+use crate::health::Health;
+use crate::index::indexer::{Indexer, IndexingError, TXN_BLOCKS};
 use crate::index::Index;
-use crate::indexer::{Indexer, IndexingError, TXN_BLOCKS};
+use crate::layout::Layout;
 use crate::messages::CommittedBlocks;
 use crate::metrics as m;
+use crate::runtime::edge::Inbox;
+use crate::runtime::{count_restart, delivered, pull, Delivery, Stage};
 
 /// How often the indexer checks for durable blocks it was not told about.
 const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
@@ -199,8 +199,8 @@ impl CacheIndexer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::edge::edge;
     use crate::chain::{ChainStore, Record};
+    use crate::runtime::edge::edge;
 
     fn record(i: u64) -> Record {
         crate::chain::testing::record(i, &format!("p{}", i % 2), "", false)

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::edge::{Inbox, Outbox};
-use super::pipeline::Health;
-use super::{count_restart, delivered, pull, Delivery, Stage};
 use crate::chain::{reader, Appended, ChainStore, Record};
+use crate::health::Health;
 use crate::messages::{Ack, CommittedBlocks, PipelineError, RecordBatch};
 use crate::metrics as m;
+use crate::runtime::edge::{Inbox, Outbox};
+use crate::runtime::{count_restart, delivered, pull, Delivery, Stage};
 use crate::storage::snapshot::{self, SnapshotMeta};
 
 /// Batches waiting for the ChainWriter. Larger than the others so that a
@@ -340,8 +340,8 @@ struct PendingAck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::edge::edge;
-    use crate::chain::Layout;
+    use crate::layout::Layout;
+    use crate::runtime::edge::edge;
 
     fn record(i: u64) -> Record {
         crate::chain::testing::record(i, "p", "", true)

@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::count_restart;
-use super::edge::Outbox;
 use crate::bus::capture::{CaptureQueue, Captured, Gap};
 use crate::bus::names::{CredsCache, Names};
 use crate::bus::rules::{Filter, Kind, Meta};
-use crate::bus::wire::{header_signature, BodyDecoder};
 use crate::bus::{OwnNames, SERVICE_NAME};
+use crate::codec::dbus::{header_signature, BodyDecoder};
 use crate::codec::{Credentials, Source, Value};
 use crate::messages::{RawEvent, RawEventBatch};
 use crate::metrics as m;
+use crate::runtime::count_restart;
+use crate::runtime::edge::Outbox;
 
 /// Items taken from the capture queue per round.
 const TAKE: usize = 1024;
@@ -70,7 +70,7 @@ pub struct DbusIngest {
     watch: Option<Watch>,
 }
 
-struct Watch(Option<std::sync::Arc<super::pipeline::Health>>);
+struct Watch(Option<std::sync::Arc<crate::health::Health>>);
 
 impl Drop for Watch {
     fn drop(&mut self) {
@@ -111,7 +111,7 @@ impl DbusIngest {
     }
 
     /// Reports to `health` if the actor dies before the capture ends.
-    pub fn watched_by(mut self, health: std::sync::Arc<super::pipeline::Health>) -> Self {
+    pub fn watched_by(mut self, health: std::sync::Arc<crate::health::Health>) -> Self {
         self.watch = Some(Watch(Some(health)));
         self
     }
@@ -300,7 +300,7 @@ impl DbusIngest {
         // A body above the cap would be stored truncated anyway: store it raw
         // without decoding. Smaller ones decode within a memory budget.
         let decoded = if body_bytes.len() > self.max_data_bytes {
-            Err(crate::bus::wire::WireError::TooLarge(self.max_data_bytes))
+            Err(crate::codec::dbus::WireError::TooLarge(self.max_data_bytes))
         } else {
             self.decoder.decode_bounded(
                 body_bytes,
@@ -378,7 +378,7 @@ async fn send_batches(out: &Outbox<RawEventBatch>, events: Vec<RawEvent>) {
     let mut bytes = 0;
     let total = events.len() as u64;
     for e in events {
-        bytes += crate::import::encoded_len(&e.data);
+        bytes += e.data.encoded_len();
         batch.push(e);
         if batch.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES {
             if out.send(RawEventBatch { events: std::mem::take(&mut batch), ack: None }).await.is_err() {

@@ -7,12 +7,12 @@
 
 use actix::prelude::*;
 
-use super::edge::{Inbox, Outbox};
-use super::{count_restart, pull, Delivery, Stage};
 use crate::chain::{Embedding, Record};
-use crate::config::VectorLevel;
 use crate::messages::{FootprintBatch, RecordBatch};
 use crate::metrics as m;
+use crate::ml::VectorLevel;
+use crate::runtime::edge::{Inbox, Outbox};
+use crate::runtime::{count_restart, pull, Delivery, Stage};
 use crate::vector::{heuristic, HEURISTIC_MODEL};
 
 /// Batches waiting for the Embedder: as for the Footprinter, a few batches
@@ -94,10 +94,10 @@ impl Stage for Embedder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::edge::edge;
     use crate::actors::footprinter::footprint;
     use crate::codec::{Source, Value};
     use crate::messages::RawEvent;
+    use crate::runtime::edge::edge;
 
     fn item(i: u64) -> (crate::codec::Footprint, Value) {
         footprint(

@@ -5,11 +5,11 @@
 
 use actix::prelude::*;
 
-use super::edge::{Inbox, Outbox};
-use super::{count_restart, pull, Delivery, Stage};
-use crate::codec::{self, Footprint, Value, FLAG_TRUNCATED};
+use crate::codec::{self, Footprint, Value, FLAG_TRUNCATED, MAX_FIELD_BYTES};
 use crate::messages::{FootprintBatch, PipelineError, RawEvent, RawEventBatch};
 use crate::metrics as m;
+use crate::runtime::edge::{Inbox, Outbox};
+use crate::runtime::{count_restart, pull, Delivery, Stage};
 
 /// Batches waiting for the Footprinter. `import` batches 512 events, so
 /// this bounds the stage's backlog to about 2k events: enough to keep the
@@ -85,12 +85,6 @@ impl Stage for Footprinter {
     }
 }
 
-/// Longest plugin id, operation, path, sender or signature stored. Sources
-/// validate their own input (`import` rejects names over 255 bytes and
-/// paths over this); this is the last line that keeps every frame far
-/// below the format's 64 MiB frame limit.
-pub const MAX_FIELD_BYTES: usize = 4096;
-
 /// Cuts `s` to at most `MAX_FIELD_BYTES` at a character boundary.
 fn capped(mut s: String) -> String {
     if s.len() > MAX_FIELD_BYTES {
@@ -138,8 +132,8 @@ pub fn footprint(e: RawEvent, max_data_bytes: usize) -> (Footprint, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::edge::edge;
     use crate::codec::Source;
+    use crate::runtime::edge::edge;
 
     fn raw(data: Value) -> RawEvent {
         RawEvent {

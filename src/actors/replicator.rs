@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::count_restart;
-use crate::chain::Layout;
+use crate::layout::Layout;
 use crate::metrics as m;
+use crate::runtime::count_restart;
 use crate::storage::replicate::{self, ReplicaConfig};
 use crate::storage::snapshot;
 
@@ -25,11 +25,11 @@ pub struct Replicator {
     replicas: Vec<ReplicaConfig>,
     /// Per replica: when to try again, and the current backoff.
     backoff: HashMap<String, (Instant, Duration)>,
-    health: std::sync::Arc<super::pipeline::Health>,
+    health: std::sync::Arc<crate::health::Health>,
 }
 
 impl Replicator {
-    pub fn new(layout: Layout, replicas: Vec<ReplicaConfig>, health: std::sync::Arc<super::pipeline::Health>) -> Self {
+    pub fn new(layout: Layout, replicas: Vec<ReplicaConfig>, health: std::sync::Arc<crate::health::Health>) -> Self {
         Replicator { layout, replicas, backoff: HashMap::new(), health }
     }
 }

@@ -17,12 +17,12 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::chain_writer::{ChainWriter, TakeSnapshot};
-use super::count_restart;
-use super::edge::{Inbox, Outbox};
-use crate::chain::Layout;
 use crate::codec::{Source, Value};
-use crate::messages::{CommittedBlocks, RawEvent, RawEventBatch};
+use crate::layout::Layout;
+use crate::messages::{CommittedBlocks, RawEvent, RawEventBatch, SnapshotNow};
 use crate::metrics as m;
+use crate::runtime::count_restart;
+use crate::runtime::edge::{Inbox, Outbox};
 use crate::storage::retention::{keep, Interval, Retention};
 use crate::storage::snapshot::{self, SnapshotMeta};
 
@@ -94,15 +94,6 @@ impl Supervised for Snapshotter {
         count_restart(NAME);
         self.busy = false;
     }
-}
-
-/// Takes a snapshot now; `last` also lets go of the source afterwards (the
-/// final snapshot at shutdown). Answered with the snapshot, or `None` if
-/// nothing was appended since the last one.
-#[derive(Message)]
-#[rtype(result = "Result<Option<SnapshotMeta>, String>")]
-pub struct SnapshotNow {
-    pub last: bool,
 }
 
 impl Handler<SnapshotNow> for Snapshotter {
@@ -261,7 +252,7 @@ fn take_and_record(
 /// How far a snapshot taken at `head` covers the chain: through its own
 /// record when that record directly follows it.
 fn covered_up_to(layout: &Layout, head: u64) -> u64 {
-    match crate::query::by_seq(layout, None, head + 1) {
+    match crate::index::query::by_seq(layout, None, head + 1) {
         Ok(Some(b)) if b.body.footprint.operation == SNAPSHOT_OPERATION => head + 1,
         _ => head,
     }

@@ -8,7 +8,6 @@ pub mod names;
 pub mod policy;
 pub mod rules;
 pub mod service;
-pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

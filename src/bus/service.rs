@@ -24,16 +24,17 @@ use tokio::sync::{Notify, Semaphore};
 use zbus::message::Header;
 
 use super::{connect, BusError, OwnNames, SERVICE_INTERFACE, SERVICE_NAME, SERVICE_PATH};
-use crate::actors::edge::Outbox;
-use crate::actors::pipeline::Health;
-use crate::chain::{verify, Layout};
+use crate::chain::verify;
 use crate::codec::{hex, Credentials, Source, Value};
 use crate::config::BusAddress;
+use crate::health::Health;
 use crate::import::{check_event, Limits};
+use crate::index::query::{self, Filter};
 use crate::index::Index;
-use crate::messages::{RawEvent, RawEventBatch};
+use crate::layout::Layout;
+use crate::messages::{RawEvent, RawEventBatch, SnapshotNow};
 use crate::metrics as m;
-use crate::query::{self, Filter};
+use crate::runtime::edge::Outbox;
 
 const QUERY_DEFAULT: u32 = 100;
 const QUERY_MAX: u32 = 10_000;
@@ -62,7 +63,7 @@ pub struct ServiceParts {
     /// Taken away at shutdown, so that the pipeline can drain.
     pub source: Arc<Mutex<Option<Outbox<RawEventBatch>>>>,
     pub limits: Limits,
-    pub snapshotter: actix::Addr<crate::actors::snapshotter::Snapshotter>,
+    pub snapshotter: actix::Recipient<SnapshotNow>,
     /// The search vectors' engine; `None` at vector level none.
     pub vectors: Option<Arc<crate::ml::engine::Engine>>,
 }
@@ -273,7 +274,7 @@ impl ChainService {
         let r = self
             .parts
             .snapshotter
-            .send(crate::actors::snapshotter::SnapshotNow { last: false })
+            .send(SnapshotNow { last: false })
             .await
             .map_err(|_| ChainError::Unavailable("op-dbus is stopping".into()))
             .and_then(|r| r.map_err(ChainError::Failed))

@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codec::{self, BlockBodyRef, Footprint, Hash, VectorRef, FORMAT_VERSION, ZERO_HASH};
+use crate::layout::Layout;
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"OPDCHAIN";
 pub const VECTOR_MAGIC: &[u8; 8] = b"OPDVECTR";
@@ -22,67 +23,6 @@ pub const HEADER_LEN: u64 = 24;
 pub const FRAME_HEADER_LEN: usize = 12;
 /// No frame is larger: a length above it is corruption, not a big record.
 pub const MAX_FRAME_LEN: u32 = 64 << 20;
-
-/// The three areas of a state dir.
-#[derive(Clone, Debug)]
-pub struct Layout {
-    pub state_dir: PathBuf,
-    pub timing: PathBuf,
-    pub vectors: PathBuf,
-    pub cache: PathBuf,
-}
-
-impl Layout {
-    pub fn new(state_dir: &Path, cache_dir: Option<&Path>) -> Layout {
-        Layout {
-            state_dir: state_dir.to_path_buf(),
-            timing: state_dir.join("@timing"),
-            vectors: state_dir.join("@vectors"),
-            cache: cache_dir.map(Path::to_path_buf).unwrap_or_else(|| state_dir.join("@cache")),
-        }
-    }
-
-    /// Creates the state dir and the areas: subvolumes on BTRFS, folders otherwise.
-    pub fn create_dirs(&self) -> io::Result<()> {
-        fs::create_dir_all(&self.state_dir)?;
-        for d in [&self.timing, &self.vectors, &self.cache] {
-            crate::storage::create_area(d)?;
-        }
-        Ok(())
-    }
-
-    pub fn segment_path(&self, first_seq: u64) -> PathBuf {
-        self.timing.join(format!("{first_seq:020}.chain"))
-    }
-
-    pub fn vector_path(&self, model: &str, first_seq: u64) -> PathBuf {
-        self.vectors.join(model).join(format!("{first_seq:020}.vec"))
-    }
-
-    /// First seqs of all segments, in order.
-    pub fn segments(&self) -> io::Result<Vec<u64>> {
-        let mut out = Vec::new();
-        let entries = match fs::read_dir(&self.timing) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            // Exactly the names the writer makes: 20 digits, `.chain`.
-            if let Some(stem) = name.strip_suffix(".chain") {
-                if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(seq) = stem.parse::<u64>() {
-                        out.push(seq);
-                    }
-                }
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

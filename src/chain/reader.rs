@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{io_err, Head, Layout, StoreError, FRAME_HEADER_LEN, HEADER_LEN, MAX_FRAME_LEN, SEGMENT_MAGIC};
+use super::{io_err, Head, StoreError, FRAME_HEADER_LEN, HEADER_LEN, MAX_FRAME_LEN, SEGMENT_MAGIC};
 use crate::codec::{BlockBody, BlockView, Hash, FORMAT_VERSION};
+use crate::layout::Layout;
 
 /// One step of the frame parser.
 #[derive(Debug, PartialEq)]

@@ -11,8 +11,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::reader::{check_header, next_frame, split_payload, Step};
-use super::{io_err, Layout, StoreError, FRAME_HEADER_LEN, HEADER_LEN, SEGMENT_MAGIC, VECTOR_MAGIC};
+use super::{io_err, StoreError, FRAME_HEADER_LEN, HEADER_LEN, SEGMENT_MAGIC, VECTOR_MAGIC};
 use crate::codec::{self, hex, BlockView, Hash, FLAG_TRUNCATED, ZERO_HASH};
+use crate::layout::Layout;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::chain::{Appended, Record};
 use crate::codec::{Credentials, Footprint, Hash, Source, Value};
+use crate::runtime::Batch;
 
 /// Reply to whoever submitted a batch, sent once its records are durable.
 pub type Ack = oneshot::Sender<Result<Committed, PipelineError>>;
@@ -69,11 +70,6 @@ pub struct CommittedBlocks {
     pub blocks: Arc<Vec<Appended>>,
 }
 
-/// How many events a message carries, for batching and metrics.
-pub trait Batch {
-    fn events(&self) -> usize;
-}
-
 impl Batch for RawEventBatch {
     fn events(&self) -> usize {
         self.events.len()
@@ -117,4 +113,13 @@ impl fmt::Debug for CommittedBlocks {
             _ => write!(f, "CommittedBlocks(empty)"),
         }
     }
+}
+
+/// Takes a snapshot now; `last` also lets go of the source afterwards (the
+/// final snapshot at shutdown). Answered with the snapshot, or `None` if
+/// nothing was appended since the last one.
+#[derive(actix::Message)]
+#[rtype(result = "Result<Option<crate::storage::snapshot::SnapshotMeta>, String>")]
+pub struct SnapshotNow {
+    pub last: bool,
 }

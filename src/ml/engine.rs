@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::cache::{self, EmbedCache};
+use super::onnx::SentenceModel;
 use super::store::quantize;
 use super::text::input_text;
-use super::{Embedder, MlError, ModelKind, ModelSpec, Precision};
+use super::{MlError, ModelKind, ModelSpec, Precision};
 use crate::chain::reader::StoredBlock;
 use crate::codec::Value;
-use crate::config::VectorLevel;
 use crate::metrics as m;
+use crate::ml::VectorLevel;
 use crate::vector::{heuristic, heuristic_query, HEURISTIC_DIMS, HEURISTIC_MODEL};
 
 /// The model of an ML level.
@@ -41,14 +42,14 @@ struct Model {
     dir: PathBuf,
     threads: usize,
     batch: usize,
-    loaded: Mutex<Option<Embedder>>,
+    loaded: Mutex<Option<SentenceModel>>,
 }
 
 impl Model {
-    fn with<T>(&self, f: impl FnOnce(&mut Embedder) -> Result<T, MlError>) -> Result<T, MlError> {
+    fn with<T>(&self, f: impl FnOnce(&mut SentenceModel) -> Result<T, MlError>) -> Result<T, MlError> {
         let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(Embedder::load(&self.dir, self.spec, self.threads)?);
+            *slot = Some(SentenceModel::load(&self.dir, self.spec, self.threads)?);
         }
         f(slot.as_mut().expect("loaded above"))
     }
@@ -93,7 +94,7 @@ impl Engine {
         }
         for precision in precisions {
             let spec = ModelSpec { kind, precision };
-            match Embedder::load(&cfg.model_dir, spec, cfg.threads) {
+            match SentenceModel::load(&cfg.model_dir, spec, cfg.threads) {
                 Ok(e) => {
                     let fallback = (!reasons.is_empty()).then(|| reasons.join("; "));
                     if let Some(r) = &fallback {

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use super::engine::Engine;
 use super::store::StoreReader;
-use crate::chain::Layout;
+use crate::index::query::{self, Filter};
 use crate::index::Index;
+use crate::layout::Layout;
 use crate::metrics as m;
-use crate::query::{self, Filter};
 
 /// Threads the scan uses.
 const SCAN_THREADS: usize = 2;

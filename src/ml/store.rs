@@ -20,7 +20,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::chain::{segment_header, Layout, HEADER_LEN};
+use crate::chain::{segment_header, HEADER_LEN};
+use crate::layout::Layout;
 
 pub const STORE_MAGIC: &[u8; 8] = b"OPDVECQ8";
 const FILE_NAME: &str = "embeddings.q8";

@@ -119,7 +119,7 @@ fn scalars(v: &Value, key: Option<String>, out: &mut Vec<String>) {
 }
 
 fn is_signature(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 16 && crate::bus::wire::parse_signature(s).is_ok_and(|t| t.len() == 1)
+    !s.is_empty() && s.len() <= 16 && crate::codec::dbus::parse_signature(s).is_ok_and(|t| t.len() == 1)
 }
 
 #[cfg(test)]

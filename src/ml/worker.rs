@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::engine::{EmbedStats, Engine};
 use super::store::StoreWriter;
 use crate::chain::reader::Cursor;
-use crate::chain::Layout;
+use crate::layout::Layout;
 use crate::metrics as m;
 
 /// Blocks read and embedded per step with a model: two batches, so that a

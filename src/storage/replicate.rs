@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::{self, SnapshotMeta};
-use crate::chain::Layout;
+use crate::layout::{btrfs, Area, Layout};
 
 pub const PROGRESS_FILE: &str = "replication.json";
 
@@ -108,24 +108,25 @@ pub fn replicate_one(
         let target = dir.join(&newest.name);
         fs::create_dir_all(&target)?;
         // Left by an attempt that failed half-way: receive again.
-        for area in ["@timing", "@vectors", "@cache"] {
-            if super::btrfs::is_subvolume(&target.join(area)) {
-                super::btrfs::delete_subvolume(&target.join(area))?;
+        for area in Area::ALL {
+            let dest = target.join(area.dir_name());
+            if btrfs::is_subvolume(&dest) {
+                btrfs::delete_subvolume(&dest)?;
             }
         }
     }
-    for area in ["@timing", "@vectors", "@cache"] {
-        let src = snapshot::path_of(layout, &newest.name).join(area);
+    for area in Area::ALL {
+        let src = snapshot::path_of(layout, &newest.name).join(area.dir_name());
         let mut send = Command::new("btrfs");
         send.arg("send").arg("-q");
         if replica.compressed_data {
             send.arg("--compressed-data");
         }
         if let Some(p) = parent {
-            send.arg("-p").arg(snapshot::path_of(layout, &p.name).join(area));
+            send.arg("-p").arg(snapshot::path_of(layout, &p.name).join(area.dir_name()));
         }
         send.arg(&src);
-        let receive = receiver(replica, &newest.name, area);
+        let receive = receiver(replica, &newest.name, area.dir_name());
         bytes += pipe(send, receive).map_err(|e| io::Error::other(format!("{area}: {e}")))?;
     }
     progress.acked = Some(newest.name.clone());

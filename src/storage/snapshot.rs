@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::btrfs;
-use crate::chain::{Head, Layout};
+use crate::chain::Head;
 use crate::codec::hex;
 use crate::index::Index;
+use crate::layout::Layout;
+use crate::layout::{btrfs, filesystem_type, Area, SNAPSHOTS_DIR};
 
-pub const SNAPSHOTS_DIR: &str = "@snapshots";
 const META: &str = "snapshot.json";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,26 +70,26 @@ pub fn take(layout: &Layout, head: &Head, taken_ns: i64, index: Option<&Index>) 
     fs::create_dir_all(&root)?;
     let dir = root.join(&name);
     fs::create_dir(&dir)?;
-    let btrfs = super::filesystem_type(&layout.state_dir) == "btrfs"
+    let btrfs = filesystem_type(&layout.state_dir) == "btrfs"
         && [&layout.timing, &layout.vectors, &layout.cache].iter().all(|a| btrfs::is_subvolume(a));
     let mut areas = Vec::new();
     let result = (|| -> io::Result<()> {
-        for (area, src) in [("@timing", &layout.timing), ("@vectors", &layout.vectors), ("@cache", &layout.cache)] {
-            let dest = dir.join(area);
+        for area in Area::ALL {
+            let (src, dest) = (layout.area(area), dir.join(area.dir_name()));
             if btrfs {
                 btrfs::snapshot_readonly(src, &dest)?;
                 let info = btrfs::subvolume_info(&dest)?;
                 areas.push(AreaMeta {
-                    area: area.into(),
+                    area: area.dir_name().into(),
                     uuid: Some(btrfs::SubvolInfo::uuid_string(&info.uuid)),
                     generation: Some(info.generation),
                 });
             } else {
                 match area {
-                    "@timing" | "@vectors" => copy_append_only(src, &dest)?,
-                    _ => copy_cache(layout, &dest, index)?,
+                    Area::Timing | Area::Vectors => copy_append_only(src, &dest)?,
+                    Area::Cache => copy_cache(layout, &dest, index)?,
                 }
-                areas.push(AreaMeta { area: area.into(), uuid: None, generation: None });
+                areas.push(AreaMeta { area: area.dir_name().into(), uuid: None, generation: None });
             }
         }
         Ok(())
@@ -197,8 +197,8 @@ pub fn path_of(layout: &Layout, name: &str) -> PathBuf {
 
 /// Deletes a snapshot: its subvolumes (BTRFS) or its files.
 pub fn remove(dir: &Path) -> io::Result<()> {
-    for area in ["@timing", "@vectors", "@cache"] {
-        let p = dir.join(area);
+    for area in Area::ALL {
+        let p = dir.join(area.dir_name());
         if btrfs::is_subvolume(&p) {
             btrfs::delete_subvolume(&p)?;
         }
@@ -217,12 +217,10 @@ pub fn restore(layout: &Layout, name: &str, to: &Path) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", to.display())));
     }
     fs::create_dir_all(to)?;
-    for area in ["@timing", "@vectors", "@cache"] {
-        let src = dir.join(area);
-        let dest = to.join(area);
-        if btrfs::is_subvolume(&src)
-            && super::filesystem_type(to) == "btrfs"
-            && btrfs::snapshot_writable(&src, &dest).is_ok()
+    for area in Area::ALL {
+        let src = dir.join(area.dir_name());
+        let dest = to.join(area.dir_name());
+        if btrfs::is_subvolume(&src) && filesystem_type(to) == "btrfs" && btrfs::snapshot_writable(&src, &dest).is_ok()
         {
             continue;
         }
@@ -243,4 +241,57 @@ fn copy_tree(src: &Path, dest: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks a snapshot against itself and the live chain: its chain
+/// verifies and ends at the head it claims, the live chain has the same
+/// block (same hash) at that seq (by the hash links, the whole prefix is
+/// then the same), and on BTRFS its subvolumes are the ones recorded.
+/// `None` if sound, else what is wrong.
+pub fn verify(live: &crate::layout::Layout, index: Option<&crate::index::Index>, s: &SnapshotMeta) -> Option<String> {
+    let dir = path_of(live, &s.name);
+    let snap = crate::layout::Layout::new(&dir, None);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = match crate::chain::verify::verify(&snap, threads) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("cannot read the snapshot's chain: {e}")),
+    };
+    if let Some(f) = report.fault {
+        return Some(format!("its chain fails at seq {}: {} ({})", f.seq, f.kind.describe(), f.detail));
+    }
+    if report.head_seq != Some(s.head_seq) || report.head_hash.as_deref() != Some(s.head_hash.as_str()) {
+        return Some(format!(
+            "its chain ends at seq {:?} hash {:?}, but it was taken at seq {} hash {}",
+            report.head_seq, report.head_hash, s.head_seq, s.head_hash
+        ));
+    }
+    match crate::index::query::by_seq(live, index, s.head_seq) {
+        Ok(Some(b)) if crate::codec::hex(&b.hash) == s.head_hash => {}
+        Ok(Some(b)) => {
+            return Some(format!(
+                "the live chain has hash {} at seq {}, the snapshot {}",
+                crate::codec::hex(&b.hash),
+                s.head_seq,
+                s.head_hash
+            ))
+        }
+        Ok(None) => return Some(format!("the live chain has no seq {}", s.head_seq)),
+        Err(e) => return Some(format!("cannot read the live chain: {e}")),
+    }
+    for a in &s.areas {
+        if let Some(uuid) = &a.uuid {
+            match btrfs::subvolume_info(&dir.join(&a.area)) {
+                Ok(info) if &btrfs::SubvolInfo::uuid_string(&info.uuid) == uuid => {}
+                Ok(info) => {
+                    return Some(format!(
+                        "{} is subvolume {}, not the {uuid} that was recorded",
+                        a.area,
+                        btrfs::SubvolInfo::uuid_string(&info.uuid)
+                    ))
+                }
+                Err(e) => return Some(format!("{}: {e}", a.area)),
+            }
+        }
+    }
+    None
 }

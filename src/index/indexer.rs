@@ -2,9 +2,10 @@
 //! with the chain. Used by the CacheIndexer actor and by `op-dbus reindex`;
 //! it only reads the chain, through [`crate::chain::reader`].
 
-use crate::chain::{reader, Appended, Layout, StoreError};
-use crate::hash_index::{self, Entry, HashFiles};
+use crate::chain::{reader, Appended, StoreError};
+use crate::index::hashes::{self, Entry, HashFiles};
 use crate::index::{Index, IndexError};
+use crate::layout::Layout;
 
 /// Blocks per LMDB transaction. Every index tree is written at its right
 /// edge, so a transaction dirties a handful of pages whatever its size;
@@ -102,7 +103,7 @@ impl Indexer {
             if b.body.seq >= until {
                 return false;
             }
-            entries.push(hash_index::entry(&b.hash, b.body.seq));
+            entries.push(hashes::entry(&b.hash, b.body.seq));
             true
         })?;
         Ok(entries)
@@ -164,7 +165,7 @@ impl Indexer {
             }
             self.open_segment = Some((b.segment, Vec::new()));
         }
-        self.open_segment.as_mut().expect("set above").1.push(hash_index::entry(&b.hash, b.seq));
+        self.open_segment.as_mut().expect("set above").1.push(hashes::entry(&b.hash, b.seq));
         Ok(())
     }
 }

@@ -7,10 +7,11 @@ use std::collections::VecDeque;
 use serde_json::json;
 
 use crate::chain::reader::{self, StoredBlock};
-use crate::chain::{Layout, StoreError};
+use crate::chain::StoreError;
 use crate::codec::{hex, Hash, Value, FLAG_TRUNCATED};
-use crate::hash_index::HashFiles;
+use crate::index::hashes::HashFiles;
 use crate::index::{Index, IndexError};
+use crate::layout::Layout;
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {

@@ -10,6 +10,8 @@
 //! - maps have unique keys, sorted by the bytes of their canonical encoding;
 //! - structs are positional arrays (rmp-serde's default), `None` is nil.
 
+pub mod dbus;
+
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -273,6 +275,63 @@ pub enum CodecError {
     Data(String),
 }
 
+impl Value {
+    /// Size of a value's canonical encoding, without encoding it.
+    pub fn encoded_len(&self) -> usize {
+        fn len_header(n: usize, fix_max: usize) -> usize {
+            if n <= fix_max {
+                1
+            } else if n <= u16::MAX as usize {
+                3
+            } else {
+                5
+            }
+        }
+        match self {
+            Value::Nil | Value::Bool(_) => 1,
+            Value::UInt(u) => match *u {
+                0..=127 => 1,
+                128..=255 => 2,
+                256..=65_535 => 3,
+                65_536..=4_294_967_295 => 5,
+                _ => 9,
+            },
+            Value::Int(i) => match *i {
+                -32..=-1 => 1,
+                -128..=-33 => 2,
+                -32_768..=-129 => 3,
+                -2_147_483_648..=-32_769 => 5,
+                _ => 9,
+            },
+            Value::Float(_) => 9,
+            Value::Str(s) => {
+                let n = s.len();
+                (if n <= 31 {
+                    1
+                } else if n <= 255 {
+                    2
+                } else {
+                    len_header(n, 0)
+                }) + n
+            }
+            Value::Bin(b) => {
+                let n = b.len();
+                (if n <= 255 { 2 } else { len_header(n, 0) }) + n
+            }
+            Value::Array(a) => len_header(a.len(), 15) + a.iter().map(Value::encoded_len).sum::<usize>(),
+            Value::Map(m) => {
+                len_header(m.len(), 15) + m.iter().map(|(k, v)| k.encoded_len() + v.encoded_len()).sum::<usize>()
+            }
+        }
+    }
+}
+
+/// Longest plugin id, operation, path, sender or signature stored. Sources
+/// validate their own input (`import` rejects names over 255 bytes and
+/// paths over this); this is the last line that keeps every frame far
+/// below the format's 64 MiB frame limit.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
 mod hash_bytes {
     use super::Hash;
     use serde::de::{self, Deserializer, Visitor};
@@ -526,6 +585,19 @@ mod tests {
     /// The footprint of the FORMAT.md worked example.
     fn sample_footprint() -> Footprint {
         super::format_example::block().footprint
+    }
+
+    #[test]
+    fn encoded_len_matches_encoding() {
+        let v: Value = serde_json::from_str(
+            r#"{"a":[1,-1,-40,-200,-70000,-5000000000,300,70000,5000000000,1.5,"s",null,true],"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb":{"x":"y"}}"#,
+        )
+        .unwrap();
+        assert_eq!(v.encoded_len(), v.encode().len());
+        let long = Value::Array((0..20).map(|i| Value::Str("z".repeat(i * 20))).collect());
+        assert_eq!(long.encoded_len(), long.encode().len());
+        let bin = Value::Bin(vec![0; 300]);
+        assert_eq!(bin.encoded_len(), bin.encode().len());
     }
 
     #[test]

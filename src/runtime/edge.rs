@@ -18,7 +18,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Mutex;
 
-use crate::messages::Batch;
+use super::Batch;
 use crate::metrics as m;
 
 /// The downstream end is gone: the pipeline is shutting down or broken.

@@ -24,8 +24,8 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::chain::Layout;
 use crate::codec::Hash;
+use crate::layout::Layout;
 
 const MAGIC: &[u8; 8] = b"OPDHASHS";
 const HEADER: u64 = 32;

@@ -14,7 +14,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,62 +25,27 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use super::cache_indexer::{self, CacheIndexer};
-use super::chain_writer::{self, ChainWriter};
-use super::dbus_ingest::DbusIngest;
-use super::edge::{edge, Outbox};
-use super::embedder::{self, Embedder};
-use super::footprinter::{self, Footprinter};
-use super::snapshotter::{self, SnapshotNow, Snapshotter};
+use crate::actors::cache_indexer::{self, CacheIndexer};
+use crate::actors::chain_writer::{self, ChainWriter};
+use crate::actors::dbus_ingest::DbusIngest;
+use crate::actors::embedder::{self, Embedder};
+use crate::actors::footprinter::{self, Footprinter};
+use crate::actors::snapshotter::{self, Snapshotter};
 use crate::bus::capture::{open_monitor, run_capture, CaptureConfig, CaptureQueue};
 use crate::bus::rules::Filter;
 use crate::bus::service::{open_service, run_service, ServiceParts};
 use crate::bus::OwnNames;
-use crate::chain::{ChainStore, Layout, Recovery};
-use crate::config::VectorLevel;
-use crate::config::{BusConfig, ServiceConfig};
+use crate::chain::{ChainStore, Recovery};
+use crate::config::{BusConfig, Config, ServiceConfig};
+use crate::health::Health;
 use crate::index::Index;
+use crate::layout::Layout;
+use crate::messages::SnapshotNow;
 use crate::messages::{Committed, PipelineError, RawEvent, RawEventBatch};
+use crate::ml::VectorLevel;
+use crate::runtime::edge::{edge, Outbox};
 use crate::storage::retention::Interval;
 use crate::storage::snapshot::SnapshotMeta;
-
-/// Progress shared with the health endpoint, `status` and the D-Bus feed.
-#[derive(Debug)]
-pub struct Health {
-    /// Durable blocks (the next seq to assign).
-    pub chain_height: AtomicU64,
-    /// Indexed blocks (the next seq to index).
-    pub index_height: AtomicU64,
-    /// The last commit failed and the writer is retrying.
-    pub writer_failing: AtomicBool,
-    /// DbusIngest is gone (a bug): the bus is no longer being recorded.
-    pub ingest_failed: AtomicBool,
-    /// The last durable block (seq, hash); `None` for an empty chain. A
-    /// watch: the feed waits on it, and a slow reader only ever misses
-    /// intermediate values, never holds the writer.
-    pub head: tokio::sync::watch::Sender<Option<(u64, crate::codec::Hash)>>,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            chain_height: AtomicU64::new(0),
-            index_height: AtomicU64::new(0),
-            writer_failing: AtomicBool::new(false),
-            ingest_failed: AtomicBool::new(false),
-            head: tokio::sync::watch::channel(None).0,
-        }
-    }
-}
-
-impl Health {
-    /// Publishes a new durable head.
-    pub fn set_head(&self, head: &crate::chain::Head) {
-        self.chain_height.store(head.next_seq, std::sync::atomic::Ordering::Release);
-        let last = head.next_seq.checked_sub(1).map(|seq| (seq, head.hash));
-        self.head.send_replace(last);
-    }
-}
 
 /// Failures to inject, for the supervision tests. Empty in production.
 #[derive(Clone, Debug, Default)]
@@ -111,6 +75,26 @@ pub struct PipelineConfig {
     pub faults: Faults,
 }
 
+impl PipelineConfig {
+    /// The pipeline's part of the configuration.
+    pub fn new(c: &Config) -> PipelineConfig {
+        PipelineConfig {
+            layout: c.layout(),
+            max_batch: c.max_batch,
+            max_wait: c.max_wait,
+            segment_max_bytes: c.segment_max_bytes,
+            vector_level: c.vector_level,
+            model_dir: c.model_dir.clone(),
+            vector: c.vector.clone(),
+            max_data_bytes: c.max_data_bytes,
+            index_sync_interval: c.index_sync_interval,
+            snapshot: c.snapshot.clone(),
+            replicas: c.replicas.clone(),
+            faults: Default::default(),
+        }
+    }
+}
+
 /// The actors' addresses. Nothing sends to them (data moves over edges),
 /// but actix restarts a supervised actor only while its mailbox has a
 /// connected address: drop these and a failed actor is gone for good.
@@ -120,7 +104,7 @@ struct Supervised {
     _chain_writer: Addr<ChainWriter>,
     _cache_indexer: Addr<CacheIndexer>,
     snapshotter: Addr<Snapshotter>,
-    _replicator: Option<Addr<super::replicator::Replicator>>,
+    _replicator: Option<Addr<crate::actors::replicator::Replicator>>,
 }
 
 pub struct Pipeline {
@@ -201,7 +185,7 @@ pub async fn attach_bus(
             health: p.health.clone(),
             source: service_source,
             limits,
-            snapshotter: p._actors.snapshotter.clone(),
+            snapshotter: p._actors.snapshotter.clone().recipient(),
             vectors: p.vectors.clone(),
         };
         let conn = open_service(&addr, sp.clone(), &service_own).await?;
@@ -358,7 +342,7 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let replicator = (!cfg.replicas.is_empty()).then(|| {
         let (layout, replicas, health) = (cfg.layout.clone(), cfg.replicas.clone(), health.clone());
         Supervisor::start_in_arbiter(&arbiters[5].handle(), move |_| {
-            super::replicator::Replicator::new(layout, replicas, health)
+            crate::actors::replicator::Replicator::new(layout, replicas, health)
         })
     });
     let max_data = cfg.max_data_bytes;

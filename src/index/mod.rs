@@ -20,7 +20,11 @@
 //! (the common case), and by_plugin_op appends each seq at the end of its
 //! key's duplicates (`APPEND_DUP`), so every tree is written at its right
 //! edge and stays packed. Hash lookups, whose keys are random, live in
-//! per-segment files instead ([`crate::hash_index`]).
+//! per-segment files instead ([`crate::index::hashes`]).
+
+pub mod hashes;
+pub mod indexer;
+pub mod query;
 
 use std::path::{Path, PathBuf};
 
