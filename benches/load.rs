@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use op_dbus::codec::{Source, Value};
 use op_dbus::layout::Layout;
-use op_dbus::messages::{RawEvent, RawEventBatch};
+use op_dbus::messages::RawEvent;
 use op_dbus::pipeline::{spawn_pipeline, Faults, PipelineConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_op-dbus");
@@ -192,7 +192,6 @@ fn steady_latency(dir: &Path, rate: u64, seconds: u64) -> (f64, f64, f64) {
         while Instant::now() < end {
             tick.tick().await;
             for _ in 0..per_tick {
-                let (ack, rx) = tokio::sync::oneshot::channel();
                 let sent = Instant::now();
                 let event = RawEvent {
                     source: Source::Submit,
@@ -206,9 +205,9 @@ fn steady_latency(dir: &Path, rate: u64, seconds: u64) -> (f64, f64, f64) {
                     data: Value::map(vec![(Value::Str("id".into()), Value::UInt(i))]),
                 };
                 i += 1;
-                p.source().send(RawEventBatch { events: vec![event], ack: Some(ack) }).await.unwrap();
+                let rx = p.submitter().send(vec![event]).await.unwrap();
                 waits.push(actix_rt::spawn(async move {
-                    rx.await.unwrap().unwrap();
+                    rx.durable().await.unwrap();
                     sent.elapsed().as_secs_f64() * 1000.0
                 }));
             }

@@ -94,16 +94,15 @@ async fn ingest(p: &Pipeline, from: u64, n: u64) {
     while i < from + n {
         let k = 512.min(from + n - i);
         let events: Vec<RawEvent> = (i..i + k).map(event).collect();
-        let (ack, rx) = tokio::sync::oneshot::channel();
-        p.source().send(op_dbus::messages::RawEventBatch { events, ack: Some(ack) }).await.unwrap();
+        let rx = p.submitter().send(events).await.unwrap();
         inflight.push_back(rx);
         if inflight.len() >= 4 {
-            inflight.pop_front().unwrap().await.unwrap().unwrap();
+            inflight.pop_front().unwrap().durable().await.unwrap();
         }
         i += k;
     }
     for rx in inflight {
-        rx.await.unwrap().unwrap();
+        rx.durable().await.unwrap();
     }
 }
 

@@ -19,7 +19,6 @@ use crate::index::indexer::Indexer;
 use crate::index::query::{self, Filter};
 use crate::index::Index;
 use crate::layout::Layout;
-use crate::messages::RawEventBatch;
 use crate::pipeline::{attach_bus, lock_state_dir, spawn_pipeline};
 
 pub const EXIT_PROBLEM: u8 = 1;
@@ -648,7 +647,7 @@ const IMPORT_BATCH_BYTES: usize = 4 << 20;
 struct Sent {
     last_line: u64,
     count: usize,
-    ack: tokio::sync::oneshot::Receiver<Result<crate::messages::Committed, crate::messages::PipelineError>>,
+    ack: crate::messages::Receipt,
 }
 
 #[derive(Default)]
@@ -687,7 +686,7 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
                     pipeline.recovery.cut_bytes
                 );
             }
-            let source = pipeline.source();
+            let submitter = pipeline.submitter();
             let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel::<Sent>(256);
             let reader = std::thread::spawn(move || {
                 let mut out = ReadOutcome::default();
@@ -700,11 +699,11 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
                     if batch.is_empty() {
                         return true;
                     }
-                    let (ack, rx) = tokio::sync::oneshot::channel();
                     let count = batch.len();
                     let events = std::mem::replace(batch, Vec::with_capacity(IMPORT_BATCH));
-                    source.blocking_send(RawEventBatch { events, ack: Some(ack) }).is_ok()
-                        && sent_tx.blocking_send(Sent { last_line, count, ack: rx }).is_ok()
+                    submitter
+                        .blocking_send(events)
+                        .is_ok_and(|ack| sent_tx.blocking_send(Sent { last_line, count, ack }).is_ok())
                 };
                 loop {
                     // Hand over a partial batch before waiting on a slow pipe.
@@ -765,8 +764,8 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
             let mut lost = false;
             let mut last_progress = Instant::now();
             while let Some(sent) = sent_rx.recv().await {
-                match sent.ack.await {
-                    Ok(Ok(c)) => {
+                match sent.ack.durable().await {
+                    Ok(c) => {
                         committed += sent.count as u64;
                         head = Some(c);
                         if report {

@@ -14,23 +14,20 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
-use std::sync::Mutex;
-
-use tokio::sync::Notify;
-
-use crate::actors::cache_indexer::{self, CacheIndexer};
-use crate::actors::chain_writer::{self, ChainWriter};
+use crate::actors::cache_indexer::CacheIndexer;
+use crate::actors::chain_writer::ChainWriter;
 use crate::actors::dbus_ingest::DbusIngest;
-use crate::actors::embedder::{self, Embedder};
-use crate::actors::footprinter::{self, Footprinter};
-use crate::actors::snapshotter::{self, Snapshotter};
+use crate::actors::embedder::Embedder;
+use crate::actors::footprinter::Footprinter;
+use crate::actors::replicator::Replicator;
+use crate::actors::snapshotter::Snapshotter;
 use crate::bus::capture::{open_monitor, run_capture, CaptureConfig, CaptureQueue};
 use crate::bus::rules::Filter;
 use crate::bus::service::{open_service, run_service, ServiceParts};
@@ -40,10 +37,10 @@ use crate::config::{BusConfig, Config, ServiceConfig};
 use crate::health::Health;
 use crate::index::Index;
 use crate::layout::Layout;
-use crate::messages::SnapshotNow;
-use crate::messages::{Committed, PipelineError, RawEvent, RawEventBatch};
+use crate::messages::{Committed, PipelineError, RawEvent, SnapshotError, SnapshotNow, Submitter};
 use crate::ml::VectorLevel;
-use crate::runtime::edge::{edge, Outbox};
+use crate::runtime::edge::edge;
+use crate::runtime::{self, Running, Stage};
 use crate::storage::retention::Interval;
 use crate::storage::snapshot::SnapshotMeta;
 
@@ -95,26 +92,38 @@ impl PipelineConfig {
     }
 }
 
-/// The actors' addresses. Nothing sends to them (data moves over edges),
-/// but actix restarts a supervised actor only while its mailbox has a
-/// connected address: drop these and a failed actor is gone for good.
-struct Supervised {
-    _footprinter: Addr<Footprinter>,
-    _embedder: Addr<Embedder>,
-    _chain_writer: Addr<ChainWriter>,
-    _cache_indexer: Addr<CacheIndexer>,
-    snapshotter: Addr<Snapshotter>,
-    _replicator: Option<Addr<crate::actors::replicator::Replicator>>,
+/// The stages' threads, joined at shutdown; the Snapshotter's address
+/// takes `snapshot now` commands.
+struct Stages {
+    footprinter: Running<Footprinter>,
+    embedder: Running<Embedder>,
+    chain_writer: Running<ChainWriter>,
+    cache_indexer: Running<CacheIndexer>,
+    snapshotter: Running<Snapshotter>,
+    replicator: Option<Running<Replicator>>,
+}
+
+impl Stages {
+    fn join(self) {
+        // Source first, so each joins after the one feeding it.
+        self.footprinter.join();
+        self.embedder.join();
+        self.chain_writer.join();
+        self.cache_indexer.join();
+        self.snapshotter.join();
+        if let Some(r) = self.replicator {
+            r.join();
+        }
+    }
 }
 
 pub struct Pipeline {
-    source: Option<Outbox<RawEventBatch>>,
-    _actors: Supervised,
+    submitter: Option<Submitter>,
+    stages: Option<Stages>,
     /// Everything submitted is durable.
     writer_done: oneshot::Receiver<()>,
     /// Everything durable is indexed (best effort: the index is derived).
     index_done: oneshot::Receiver<()>,
-    arbiters: Vec<Arbiter>,
     pub health: Arc<Health>,
     /// What opening the chain had to repair.
     pub recovery: Recovery,
@@ -136,9 +145,22 @@ pub struct Pipeline {
 struct BusParts {
     capture_stop: Option<Arc<Notify>>,
     service_stop: Option<Arc<Notify>>,
-    service_source: Arc<Mutex<Option<Outbox<RawEventBatch>>>>,
-    _ingest: Option<Addr<DbusIngest>>,
-    arbiters: Vec<Arbiter>,
+    service_source: Arc<Mutex<Option<Submitter>>>,
+    /// The capture's own thread (a zbus stream must be polled without pause).
+    capture: Option<Arbiter>,
+    ingest: Option<Running<DbusIngest>>,
+}
+
+impl BusParts {
+    fn join(self) {
+        if let Some(capture) = self.capture {
+            capture.stop();
+            let _ = capture.join();
+        }
+        if let Some(ingest) = self.ingest {
+            ingest.join();
+        }
+    }
 }
 
 /// File descriptors the capture queue may hold: half the soft limit (`run`
@@ -162,15 +184,15 @@ pub async fn attach_bus(
     limits: crate::import::Limits,
 ) -> anyhow::Result<()> {
     let own = OwnNames::default();
-    let service_source = Arc::new(Mutex::new(Some(p.source())));
+    let service_source = Arc::new(Mutex::new(Some(p.submitter())));
     // Registered before anything can fail, so that `shutdown` stops
     // whatever did start.
     p.bus = Some(BusParts {
         capture_stop: None,
         service_stop: None,
         service_source: service_source.clone(),
-        _ingest: None,
-        arbiters: Vec::new(),
+        capture: None,
+        ingest: None,
     });
     // The service first: a missing policy or a name already owned fails
     // start-up before anything is captured, and the service connection's
@@ -185,7 +207,7 @@ pub async fn attach_bus(
             health: p.health.clone(),
             source: service_source,
             limits,
-            snapshotter: p._actors.snapshotter.clone().recipient(),
+            snapshotter: p.snapshotter().clone().recipient(),
             vectors: p.vectors.clone(),
         };
         let conn = open_service(&addr, sp.clone(), &service_own).await?;
@@ -220,19 +242,17 @@ pub async fn attach_bus(
                 }
             });
         }
-        let parts = p.bus.as_mut().expect("set above");
-        parts.arbiters.push(capture);
+        p.bus.as_mut().expect("set above").capture = Some(capture);
         opened.await.context("the capture thread stopped")??;
-        let ingest_arbiter = Arbiter::new();
-        let (source, label, own, max_data) = (p.source(), bus.address.to_string(), own.clone(), limits.max_data_bytes);
+        let (submitter, label, own, max_data) =
+            (p.submitter(), bus.address.to_string(), own.clone(), limits.max_data_bytes);
         let health = p.health.clone();
-        let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
-            DbusIngest::new(queue, source, filter, own, label, max_data, creds).watched_by(health)
+        let ingest = runtime::start(queue.clone(), move || {
+            DbusIngest::new(submitter, filter, own, label, max_data, creds).watched_by(health)
         });
         let parts = p.bus.as_mut().expect("set above");
         parts.capture_stop = Some(stop);
-        parts._ingest = Some(ingest);
-        parts.arbiters.push(ingest_arbiter);
+        parts.ingest = Some(ingest);
     }
     Ok(())
 }
@@ -293,77 +313,67 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     health.set_head(&store.head());
 
     // Sink first.
-    let (index_tx, index_rx) = edge("chain_writer->cache_indexer", cache_indexer::INBOX_CAPACITY);
-    let (chain_tx, chain_rx) = edge("embedder->chain_writer", chain_writer::INBOX_CAPACITY);
-    let (embed_tx, embed_rx) = edge("footprinter->embedder", embedder::INBOX_CAPACITY);
-    let (source_tx, source_rx) = edge("source->footprinter", footprinter::INBOX_CAPACITY);
+    let (index_tx, index_rx) = edge("chain_writer->cache_indexer", CacheIndexer::INBOX_CAPACITY);
+    let (chain_tx, chain_rx) = edge("embedder->chain_writer", ChainWriter::INBOX_CAPACITY);
+    let (embed_tx, embed_rx) = edge("footprinter->embedder", Embedder::INBOX_CAPACITY);
+    let (source_tx, source_rx) = edge("source->footprinter", Footprinter::INBOX_CAPACITY);
+    let submitter = Submitter::new(source_tx);
     let (done_tx, index_done) = oneshot::channel();
     let (writer_done_tx, writer_done) = oneshot::channel();
 
     let per_op = cfg.snapshot.interval == Interval::PerOp;
     let (snap_tx, snap_rx) = if per_op {
-        let (tx, rx) = edge("chain_writer->snapshotter", snapshotter::INBOX_CAPACITY);
+        let (tx, rx) = edge("chain_writer->snapshotter", Snapshotter::INBOX_CAPACITY);
         (Some(tx), Some(rx))
     } else {
         (None, None)
     };
-    let arbiters: Vec<Arbiter> = (0..6).map(|_| Arbiter::new()).collect();
     let writer_index = index.clone();
     let cache_indexer = {
         let (layout, health, sync, fail) =
             (cfg.layout.clone(), health.clone(), cfg.index_sync_interval, cfg.faults.index_batch);
-        Supervisor::start_in_arbiter(&arbiters[3].handle(), move |_| {
-            CacheIndexer::new(index_rx, index, layout, health, sync, done_tx, fail)
-        })
+        runtime::start(index_rx, move || CacheIndexer::new(index, layout, health, sync, done_tx, fail))
     };
     let chain_writer = {
         let (health, max_batch, max_wait, delay) =
             (health.clone(), cfg.max_batch, cfg.max_wait, cfg.faults.commit_delay);
         let subscribers: Vec<_> = std::iter::once(index_tx).chain(snap_tx).collect();
-        Supervisor::start_in_arbiter(&arbiters[2].handle(), move |_| {
-            ChainWriter::new(chain_rx, store, subscribers, max_batch, max_wait, health)
+        runtime::start(chain_rx, move || {
+            ChainWriter::new(store, subscribers, max_batch, max_wait, health)
                 .with_commit_delay(delay)
                 .with_done(writer_done_tx)
                 .with_index(writer_index)
         })
     };
     let level = cfg.vector_level;
-    let embedder =
-        Supervisor::start_in_arbiter(&arbiters[1].handle(), move |_| Embedder::new(embed_rx, chain_tx, level));
+    let embedder = runtime::start(embed_rx, move || Embedder::new(chain_tx, level));
     let snapshotter = {
-        let (writer, source, layout, snap) =
-            (chain_writer.clone(), source_tx.clone(), cfg.layout.clone(), cfg.snapshot.clone());
-        Supervisor::start_in_arbiter(&arbiters[4].handle(), move |_| {
+        let (writer, submitter, layout, snap) =
+            (chain_writer.addr.clone(), submitter.clone(), cfg.layout.clone(), cfg.snapshot.clone());
+        let make = move || {
             let protected_layout = layout.clone();
             let protected = Box::new(move || crate::storage::replicate::protected(&protected_layout));
-            Snapshotter::new(writer, source, snap_rx, layout, snap.interval, snap.retention, protected)
-        })
+            Snapshotter::new(writer, submitter, layout, snap.interval, snap.retention, protected)
+        };
+        match snap_rx {
+            Some(rx) => runtime::start(rx, make),
+            None => runtime::start_actor(make),
+        }
     };
     let replicator = (!cfg.replicas.is_empty()).then(|| {
         let (layout, replicas, health) = (cfg.layout.clone(), cfg.replicas.clone(), health.clone());
-        Supervisor::start_in_arbiter(&arbiters[5].handle(), move |_| {
-            crate::actors::replicator::Replicator::new(layout, replicas, health)
-        })
+        runtime::start_actor(move || Replicator::new(layout, replicas, health))
     });
     let max_data = cfg.max_data_bytes;
-    let footprinter =
-        Supervisor::start_in_arbiter(&arbiters[0].handle(), move |_| Footprinter::new(source_rx, embed_tx, max_data));
+    let footprinter = runtime::start(source_rx, move || Footprinter::new(embed_tx, max_data));
     let (vector_worker, vectors) = start_vectors(&cfg, health.clone());
 
     Ok(Pipeline {
-        source: Some(source_tx),
-        _actors: Supervised {
-            _footprinter: footprinter,
-            _embedder: embedder,
-            _chain_writer: chain_writer,
-            _cache_indexer: cache_indexer,
-            snapshotter,
-            _replicator: replicator,
-        },
+        submitter: Some(submitter),
+        stages: Some(Stages { footprinter, embedder, chain_writer, cache_indexer, snapshotter, replicator }),
         final_snapshot: cfg.snapshot.interval != Interval::Off,
         writer_done,
         index_done,
-        arbiters,
         health,
         recovery,
         index: index_reader,
@@ -413,26 +423,23 @@ fn start_vectors(
 
 impl Pipeline {
     /// Takes a snapshot now (at the next commit boundary) and records it.
-    pub async fn snapshot_now(&self) -> Result<Option<SnapshotMeta>, String> {
-        self._actors.snapshotter.send(SnapshotNow { last: false }).await.map_err(|e| e.to_string())?
+    pub async fn snapshot_now(&self) -> Result<Option<SnapshotMeta>, SnapshotError> {
+        self.snapshotter().send(SnapshotNow { last: false }).await.map_err(|_| SnapshotError::WriterGone)?
     }
 
-    /// The source end, for producers on other threads or tasks. Every
-    /// clone must be dropped before [`shutdown`](Self::shutdown) can finish.
-    pub fn source(&self) -> Outbox<RawEventBatch> {
-        self.source.clone().expect("pipeline is running")
+    fn snapshotter(&self) -> &Addr<Snapshotter> {
+        &self.stages.as_ref().expect("pipeline is running").snapshotter.addr
+    }
+
+    /// The pipeline's entrance, for producers on other threads or tasks.
+    /// Every clone must be dropped before [`shutdown`](Self::shutdown) can finish.
+    pub fn submitter(&self) -> Submitter {
+        self.submitter.clone().expect("pipeline is running")
     }
 
     /// Submits events and waits until they are durable.
     pub async fn submit(&self, events: Vec<RawEvent>) -> Result<Committed, PipelineError> {
-        let (ack, rx) = oneshot::channel();
-        self.source
-            .as_ref()
-            .ok_or(PipelineError::Stopped)?
-            .send(RawEventBatch { events, ack: Some(ack) })
-            .await
-            .map_err(|_| PipelineError::Stopped)?;
-        rx.await.map_err(|_| PipelineError::Stopped)?
+        self.submitter.as_ref().ok_or(PipelineError::Stopped)?.submit(events).await
     }
 
     /// Closes the source and waits, at most `deadline`, for every submitted
@@ -451,14 +458,14 @@ impl Pipeline {
         // The final snapshot: everything submitted before the stop is in it
         // (the bus capture has stopped reading; Submit no longer accepts).
         // The Snapshotter lets go of its source either way.
-        let last = self._actors.snapshotter.send(SnapshotNow { last: true });
+        let last = self.snapshotter().send(SnapshotNow { last: true });
         match tokio::time::timeout_at(end, last).await {
             Ok(Ok(Ok(_))) => {}
             Ok(Ok(Err(e))) if self.final_snapshot => tracing::error!(error = %e, "the final snapshot failed"),
             Ok(_) => {}
             Err(_) => tracing::error!("the final snapshot did not finish before the deadline"),
         }
-        self.source = None;
+        self.submitter = None;
         let durable = tokio::time::timeout_at(end, &mut self.writer_done).await;
         let indexed = match durable {
             Ok(Ok(())) => tokio::time::timeout_at(end, &mut self.index_done).await.ok().and_then(Result::ok),
@@ -469,10 +476,11 @@ impl Pipeline {
         }
         // Stop and join the stages' threads so that everything they own
         // (the chain file, the LMDB environment) is closed when this returns.
-        let bus_arbiters = self.bus.take().map(|b| b.arbiters).unwrap_or_default();
-        for a in bus_arbiters.into_iter().chain(self.arbiters.drain(..)) {
-            a.stop();
-            let _ = a.join();
+        if let Some(bus) = self.bus.take() {
+            bus.join();
+        }
+        if let Some(stages) = self.stages.take() {
+            stages.join();
         }
         match durable {
             Ok(Ok(())) => {

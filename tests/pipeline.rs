@@ -10,7 +10,7 @@ use op_dbus::chain::{reader, verify};
 use op_dbus::codec::{Source, Value};
 use op_dbus::index::Index;
 use op_dbus::layout::Layout;
-use op_dbus::messages::{RawEvent, RawEventBatch};
+use op_dbus::messages::RawEvent;
 use op_dbus::ml::VectorLevel;
 use op_dbus::pipeline::{spawn_pipeline, Faults, PipelineConfig};
 
@@ -68,14 +68,13 @@ fn run(dir: &std::path::Path, faults: Faults, batches: u64, per: u64) -> Vec<op_
         let p = spawn_pipeline(config(dir, faults)).unwrap();
         let mut acks = Vec::new();
         for b in 0..batches {
-            let (ack, rx) = tokio::sync::oneshot::channel();
             let events = (b * per..(b + 1) * per).map(event).collect();
-            p.source().send(RawEventBatch { events, ack: Some(ack) }).await.unwrap();
+            let rx = p.submitter().send(events).await.unwrap();
             acks.push(rx);
         }
         let mut out = Vec::new();
         for rx in acks {
-            out.push(rx.await.expect("ack sent").expect("batch committed"));
+            out.push(rx.durable().await.expect("batch committed"));
         }
         p.shutdown(Duration::from_secs(30)).await.unwrap();
         out
@@ -137,13 +136,12 @@ fn a_slow_writer_makes_the_source_wait_with_bounded_memory() {
         let mut waiters = Vec::new();
         const PER: u64 = 64;
         for b in 0..200u64 {
-            let (ack, rx) = tokio::sync::oneshot::channel();
             let events = (b * PER..(b + 1) * PER).map(event).collect();
             // send() returns only when the first queue has room.
-            p.source().send(RawEventBatch { events, ack: Some(ack) }).await.unwrap();
+            let rx = p.submitter().send(events).await.unwrap();
             let c = committed.clone();
             waiters.push(actix_rt::spawn(async move {
-                let n = rx.await.unwrap().unwrap();
+                let n = rx.durable().await.unwrap();
                 c.fetch_add(n.last_seq - n.first_seq + 1, Ordering::SeqCst);
             }));
             let in_flight = (b + 1) * PER - committed.load(Ordering::SeqCst);
@@ -157,8 +155,9 @@ fn a_slow_writer_makes_the_source_wait_with_bounded_memory() {
         // batches): the queue capacities, at most two batches per stage
         // (one in hand, one being delivered; the ack count here also lags
         // a little), and the writer's gather of up to max_batch (256) events.
-        use op_dbus::actors::{chain_writer, embedder, footprinter};
-        let queues = (footprinter::INBOX_CAPACITY + embedder::INBOX_CAPACITY + chain_writer::INBOX_CAPACITY) as u64;
+        use op_dbus::actors::{chain_writer::ChainWriter, embedder::Embedder, footprinter::Footprinter};
+        use op_dbus::runtime::Stage;
+        let queues = (Footprinter::INBOX_CAPACITY + Embedder::INBOX_CAPACITY + ChainWriter::INBOX_CAPACITY) as u64;
         let bound = (queues + 2 * 3) * PER + 256;
         assert!(max_in_flight <= bound, "{max_in_flight} events in flight, bound {bound}");
         assert!(max_in_flight >= 8 * PER, "the writer was slow, so the queues filled ({max_in_flight})");
@@ -174,12 +173,9 @@ fn shutdown_drains_every_queued_batch() {
     let system = actix_rt::System::new();
     system.block_on(async {
         let p = spawn_pipeline(config(dir.path(), faults)).unwrap();
-        let source = p.source();
+        let source = p.submitter();
         for b in 0..20u64 {
-            source
-                .send(RawEventBatch { events: (b * 10..(b + 1) * 10).map(event).collect(), ack: None })
-                .await
-                .unwrap();
+            source.send_unacked((b * 10..(b + 1) * 10).map(event).collect()).await.unwrap();
         }
         drop(source);
         // Nothing acknowledged yet is waited for: shutdown itself must drain.

@@ -23,22 +23,16 @@ use crate::layout::Layout;
 use crate::messages::CommittedBlocks;
 use crate::metrics as m;
 use crate::runtime::edge::Inbox;
-use crate::runtime::{count_restart, delivered, pull, Delivery, Stage};
+use crate::runtime::{count_restart, delivered, Delivery, Stage};
 
 /// How often the indexer checks for durable blocks it was not told about.
 const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Notifications waiting for the indexer (each up to a commit, 4096
-/// blocks by default). When full, the ChainWriter drops the notification
-/// (counted) and the indexer catches up from disk, so this is sized for
-/// memory, not for bursts.
-pub const INBOX_CAPACITY: usize = 8;
-
 pub struct CacheIndexer {
-    inbox: Inbox<CommittedBlocks>,
     index: Index,
     layout: Layout,
-    /// Built in `started`, again after every restart (it re-reads its state from disk).
+    /// Built in `started`, again after every failure (it re-reads its state
+    /// from disk); `None` while it cannot be built, retried each second.
     indexer: Option<Indexer>,
     health: Arc<Health>,
     sync_interval: Duration,
@@ -50,7 +44,6 @@ pub struct CacheIndexer {
 
 impl CacheIndexer {
     pub fn new(
-        inbox: Inbox<CommittedBlocks>,
         index: Index,
         layout: Layout,
         health: Arc<Health>,
@@ -59,7 +52,6 @@ impl CacheIndexer {
         fail_at_batch: Option<u64>,
     ) -> Self {
         CacheIndexer {
-            inbox,
             index,
             layout,
             indexer: None,
@@ -85,58 +77,43 @@ impl Actor for CacheIndexer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let limit = self.health.chain_height.load(Ordering::Acquire);
-        let opened = Indexer::open(self.index.clone(), &self.layout).and_then(|mut i| {
-            i.catch_up(Some(limit))?;
-            Ok(i)
+        self.open();
+        // Dropped notifications are otherwise only noticed when the next
+        // one arrives; an idle daemon would keep a lagging index. The same
+        // tick rebuilds an indexer that failed.
+        ctx.run_interval(CATCH_UP_INTERVAL, |act, _| {
+            if act.indexer.is_none() {
+                act.open();
+            } else if let Err(e) = act.catch_up_to_durable() {
+                act.start_over(&e);
+            }
+            act.publish();
         });
-        match opened {
-            Ok(indexer) => {
-                self.indexer = Some(indexer);
-                self.publish();
-                pull(self, ctx);
-                // Dropped notifications are otherwise only noticed when the
-                // next one arrives; an idle daemon would keep a lagging index.
-                ctx.run_interval(CATCH_UP_INTERVAL, |act, ctx| {
-                    if let Err(e) = act.catch_up_to_durable() {
-                        tracing::error!(error = %e, "index catch-up failed; restarting the indexer");
-                        ctx.stop();
-                    }
-                    act.publish();
-                });
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "index catch-up failed; restarting the indexer");
-                ctx.run_later(Duration::from_secs(1), |_, ctx| ctx.stop());
-            }
-        }
-    }
-}
-
-impl Supervised for CacheIndexer {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        count_restart(Self::NAME);
     }
 }
 
 impl Stage for CacheIndexer {
-    type In = CommittedBlocks;
+    type Input = Inbox<CommittedBlocks>;
     const NAME: &'static str = "cache_indexer";
-
-    fn inbox(&self) -> &Inbox<CommittedBlocks> {
-        &self.inbox
-    }
+    /// Each notification holds up to a commit (4096 blocks by default).
+    /// When full, the ChainWriter drops the notification (counted) and the
+    /// indexer catches up from disk, so this is sized for memory, not for
+    /// bursts.
+    const INBOX_CAPACITY: usize = 8;
 
     fn gather(&self) -> (usize, Duration) {
         (TXN_BLOCKS, Duration::ZERO)
     }
 
-    fn on_batches(&mut self, batches: Vec<CommittedBlocks>, ctx: &mut Context<Self>) -> Delivery {
+    fn on_batches(&mut self, batches: Vec<CommittedBlocks>, _: &mut Context<Self>) -> Delivery<Self> {
         self.batches += 1;
         let start = Instant::now();
         if self.fail_at_batch == Some(self.batches) {
-            tracing::error!("injected index failure");
-            ctx.stop();
+            self.start_over(&"injected index failure");
+            return delivered();
+        }
+        if self.indexer.is_none() {
+            // Being rebuilt: it catches up from the chain, which holds these blocks.
             return delivered();
         }
         let result = self.index_batches(&batches);
@@ -152,17 +129,14 @@ impl Stage for CacheIndexer {
                     self.last_sync = Instant::now();
                 }
             }
-            Err(e) => {
-                // Nothing is lost: the restarted indexer catches up from the chain.
-                tracing::error!(error = %e, "indexing failed; restarting the indexer");
-                ctx.stop();
-            }
+            // Nothing is lost: the rebuilt indexer catches up from the chain.
+            Err(e) => self.start_over(&e),
         }
         self.publish();
         delivered()
     }
 
-    fn on_closed(&mut self, _: &mut Context<Self>) {
+    fn on_closed(&mut self, _: &mut Context<Self>) -> Delivery<Self> {
         // The writer has drained: everything durable is readable now.
         if let Err(e) = self.catch_up_to_durable() {
             tracing::warn!(error = %e, "final index catch-up failed; the next start finishes it");
@@ -174,10 +148,34 @@ impl Stage for CacheIndexer {
         if let Some(done) = self.done.take() {
             let _ = done.send(());
         }
+        delivered()
     }
 }
 
 impl CacheIndexer {
+    /// Builds the indexer from what the index holds and catches it up with
+    /// the durable chain; on failure it stays unbuilt and the tick retries.
+    fn open(&mut self) {
+        let limit = self.health.chain_height.load(Ordering::Acquire);
+        let opened = Indexer::open(self.index.clone(), &self.layout).and_then(|mut i| {
+            i.catch_up(Some(limit))?;
+            Ok(i)
+        });
+        match opened {
+            Ok(indexer) => self.indexer = Some(indexer),
+            Err(e) => tracing::error!(error = %e, "cannot build the indexer; retrying in 1 s"),
+        }
+        self.publish();
+    }
+
+    /// After a failure: drop the indexer's state and rebuild it from disk.
+    fn start_over(&mut self, why: &dyn std::fmt::Display) {
+        tracing::error!(error = %why, "indexing failed; rebuilding the indexer from the index and the chain");
+        count_restart(Self::NAME);
+        self.indexer = None;
+        self.open();
+    }
+
     /// Indexes whatever is durable and not indexed yet, from the chain.
     fn catch_up_to_durable(&mut self) -> Result<(), IndexingError> {
         let durable = self.health.chain_height.load(Ordering::Acquire);
@@ -222,7 +220,10 @@ mod tests {
         let (tx, inbox) = edge("test->cache_indexer", 4);
         let (done_tx, done) = oneshot::channel();
         let reader = index.clone();
-        CacheIndexer::new(inbox, index, layout.clone(), health.clone(), Duration::from_secs(60), done_tx, None).start();
+        let (l, h) = (layout.clone(), health.clone());
+        let _stage = crate::runtime::start(inbox, move || {
+            CacheIndexer::new(index, l, h, Duration::from_secs(60), done_tx, None)
+        });
         store.append(&recs[10..20], 2).unwrap(); // its notification is "dropped"
         let last = store.append(&recs[20..], 3).unwrap();
         health.chain_height.store(30, Ordering::Release);

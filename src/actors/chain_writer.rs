@@ -9,10 +9,11 @@
 //! runs, the next batches queue up, so batches grow with the load.
 //!
 //! Failure: a failed append leaves nothing of the batch behind (the store
-//! cuts it back), the records stay pending, and the actor stops; its
-//! supervisor restarts it, it reopens the chain, takes as committed any
-//! pending record that did reach the disk (so nothing is written twice),
-//! and retries the rest after a backoff. Upstream waits meanwhile.
+//! cuts it back), the records stay pending, and the writer starts over: it
+//! reopens the chain, takes as committed any pending record that did reach
+//! the disk (so nothing is written twice), and retries the rest after a
+//! backoff. Upstream waits meanwhile: the pull loop takes nothing new until
+//! the retry's delivery completes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -23,22 +24,15 @@ use actix::prelude::*;
 
 use crate::chain::{reader, Appended, ChainStore, Record};
 use crate::health::Health;
-use crate::messages::{Ack, CommittedBlocks, PipelineError, RecordBatch};
+use crate::messages::{Ack, CommittedBlocks, PipelineError, RecordBatch, SnapshotError, TakeSnapshot};
 use crate::metrics as m;
 use crate::runtime::edge::{Inbox, Outbox};
-use crate::runtime::{count_restart, delivered, pull, Delivery, Stage};
+use crate::runtime::{count_restart, delivered, Delivery, Stage};
 use crate::storage::snapshot::{self, SnapshotMeta};
-
-/// Batches waiting for the ChainWriter. Larger than the others so that a
-/// commit's fdatasync has a full default `max_batch` (8 import batches of
-/// 512) queued behind it for the next group commit; together with `max_batch`
-/// it bounds the records held between the Embedder and the disk.
-pub const INBOX_CAPACITY: usize = 8;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct ChainWriter {
-    inbox: Inbox<RecordBatch>,
     store: ChainStore,
     subscribers: Vec<Outbox<CommittedBlocks>>,
     max_batch: usize,
@@ -49,7 +43,6 @@ pub struct ChainWriter {
     acks: VecDeque<PendingAck>,
     failures: u32,
     health: Arc<Health>,
-    closed: bool,
     /// Test hook: a slow disk.
     commit_delay: Option<Duration>,
     /// Told once the input is closed and everything is durable.
@@ -60,7 +53,6 @@ pub struct ChainWriter {
 
 impl ChainWriter {
     pub fn new(
-        inbox: Inbox<RecordBatch>,
         store: ChainStore,
         subscribers: Vec<Outbox<CommittedBlocks>>,
         max_batch: usize,
@@ -69,7 +61,6 @@ impl ChainWriter {
     ) -> Self {
         metrics::gauge!(m::CHAIN_HEIGHT).set(store.head().next_seq as f64);
         ChainWriter {
-            inbox,
             store,
             subscribers,
             max_batch,
@@ -78,7 +69,6 @@ impl ChainWriter {
             acks: VecDeque::new(),
             failures: 0,
             health,
-            closed: false,
             commit_delay: None,
             done: None,
             index: None,
@@ -106,44 +96,16 @@ impl ChainWriter {
 
 impl Actor for ChainWriter {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.pending.is_empty() {
-            pull(self, ctx);
-            return;
-        }
-        // Restarted with records to retry: back off, commit them, then pull.
-        let backoff = (Duration::from_millis(50) * 2u32.saturating_pow(self.failures.min(8))).min(MAX_BACKOFF);
-        tracing::info!(pending = self.pending.len(), ?backoff, "retrying the pending commit");
-        ctx.run_later(backoff, |act, ctx| {
-            if act.commit(ctx) {
-                if act.closed {
-                    act.finish();
-                } else {
-                    pull(act, ctx);
-                }
-            }
-        });
-    }
-}
-
-/// Command: take a snapshot now, at this commit boundary. Answered with
-/// `None` when there is nothing new since `unless_head` (or the chain is
-/// empty), an error when a failed commit is being retried (not a boundary).
-#[derive(Message)]
-#[rtype(result = "Result<Option<SnapshotMeta>, String>")]
-pub struct TakeSnapshot {
-    pub unless_head: Option<u64>,
 }
 
 impl Handler<TakeSnapshot> for ChainWriter {
-    type Result = Result<Option<SnapshotMeta>, String>;
+    type Result = Result<Option<SnapshotMeta>, SnapshotError>;
 
     /// Runs between two commits: commits are synchronous inside the pull
     /// loop's handler, so a message is only ever handled at a boundary.
     fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
         if !self.pending.is_empty() {
-            return Err("a failed commit is being retried; not at a commit boundary".into());
+            return Err(SnapshotError::NotAtBoundary);
         }
         let head = self.store.head();
         let Some(last) = head.next_seq.checked_sub(1) else { return Ok(None) };
@@ -152,33 +114,26 @@ impl Handler<TakeSnapshot> for ChainWriter {
         }
         let start = Instant::now();
         let layout = self.store.layout().clone();
-        let meta = snapshot::take(&layout, &head, crate::codec::now_ns(), self.index.as_ref())
-            .map_err(|e| format!("snapshot failed: {e}"))?;
+        let meta = snapshot::take(&layout, &head, crate::codec::now_ns(), self.index.as_ref())?;
         metrics::histogram!(m::SNAPSHOT_DURATION).record(start.elapsed().as_secs_f64());
         Ok(Some(meta))
     }
 }
 
-impl Supervised for ChainWriter {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        count_restart(Self::NAME);
-        self.reopen();
-    }
-}
-
 impl Stage for ChainWriter {
-    type In = RecordBatch;
+    type Input = Inbox<RecordBatch>;
     const NAME: &'static str = "chain_writer";
-
-    fn inbox(&self) -> &Inbox<RecordBatch> {
-        &self.inbox
-    }
+    /// Larger than the others so that a commit's fdatasync has a full
+    /// default `max_batch` (8 import batches of 512) queued behind it for
+    /// the next group commit; together with `max_batch` it bounds the
+    /// records held between the Embedder and the disk.
+    const INBOX_CAPACITY: usize = 8;
 
     fn gather(&self) -> (usize, Duration) {
         (self.max_batch, self.max_wait)
     }
 
-    fn on_batches(&mut self, batches: Vec<RecordBatch>, ctx: &mut Context<Self>) -> Delivery {
+    fn on_batches(&mut self, batches: Vec<RecordBatch>, _: &mut Context<Self>) -> Delivery<Self> {
         for b in batches {
             if b.records.is_empty() {
                 // Nothing to make durable, and no seq range to report.
@@ -190,22 +145,37 @@ impl Stage for ChainWriter {
             self.acks.push_back(PendingAck { ack: b.ack, remaining: b.records.len(), first_seq: None });
             self.pending.extend(b.records);
         }
-        self.commit(ctx);
-        delivered()
+        self.commit_until_durable()
     }
 
-    fn on_closed(&mut self, ctx: &mut Context<Self>) {
-        self.closed = true;
-        if self.commit(ctx) {
-            self.finish();
-        }
+    fn on_closed(&mut self, _: &mut Context<Self>) -> Delivery<Self> {
+        Box::pin(self.commit_until_durable().map(|(), act, _| act.finish()))
     }
 }
 
 impl ChainWriter {
+    /// Commits what is pending. After a failure: reopens the chain and
+    /// retries, with backoff, until everything pending is durable.
+    fn commit_until_durable(&mut self) -> Delivery<Self> {
+        if self.commit() {
+            return delivered();
+        }
+        count_restart(Self::NAME);
+        self.reopen();
+        if self.pending.is_empty() {
+            return delivered();
+        }
+        let backoff = (Duration::from_millis(50) * 2u32.saturating_pow(self.failures.min(8))).min(MAX_BACKOFF);
+        tracing::info!(pending = self.pending.len(), ?backoff, "retrying the pending commit");
+        Box::pin(
+            actix::fut::wrap_future::<_, Self>(tokio::time::sleep(backoff))
+                .then(|(), act, _| act.commit_until_durable()),
+        )
+    }
+
     /// Appends everything pending as one durable batch. Returns false when
-    /// the append failed and the actor is stopping to be restarted.
-    fn commit(&mut self, ctx: &mut Context<Self>) -> bool {
+    /// the append failed (nothing of it is left on disk).
+    fn commit(&mut self) -> bool {
         if self.pending.is_empty() {
             return true;
         }
@@ -228,8 +198,7 @@ impl ChainWriter {
                 self.failures += 1;
                 self.health.writer_failing.store(true, Ordering::Release);
                 metrics::counter!(m::COMMIT_ERRORS).increment(1);
-                tracing::error!(error = %e, pending = self.pending.len(), "commit failed; restarting the chain writer");
-                ctx.stop();
+                tracing::error!(error = %e, pending = self.pending.len(), "commit failed; reopening the chain to retry");
                 false
             }
         }
@@ -356,10 +325,13 @@ mod tests {
         let layout = Layout::new(dir.path(), None);
         let (store, _) = ChainStore::open(&layout, 1 << 30).unwrap();
         let (tx, inbox) = edge("test->chain_writer", 4);
-        let (probe_tx, probe) = edge("chain_writer->probe", 64);
+        let (probe_tx, mut probe) = edge("chain_writer->probe", 64);
         let (stuck_tx, _stuck) = edge::<CommittedBlocks>("chain_writer->stuck", 1);
         let health = Arc::new(Health::default());
-        ChainWriter::new(inbox, store, vec![probe_tx, stuck_tx], 100, Duration::ZERO, health.clone()).start();
+        let h = health.clone();
+        let _stage = crate::runtime::start(inbox, move || {
+            ChainWriter::new(store, vec![probe_tx, stuck_tx], 100, Duration::ZERO, h)
+        });
         let mut acks = Vec::new();
         for b in 0..10u64 {
             let (ack, rx) = tokio::sync::oneshot::channel();

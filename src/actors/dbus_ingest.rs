@@ -19,10 +19,9 @@ use crate::bus::rules::{Filter, Kind, Meta};
 use crate::bus::{OwnNames, SERVICE_NAME};
 use crate::codec::dbus::{header_signature, BodyDecoder};
 use crate::codec::{Credentials, Source, Value};
-use crate::messages::{RawEvent, RawEventBatch};
+use crate::messages::{RawEvent, Submitter};
 use crate::metrics as m;
-use crate::runtime::count_restart;
-use crate::runtime::edge::Outbox;
+use crate::runtime::{delivered, Delivery, Stage};
 
 /// Items taken from the capture queue per round.
 const TAKE: usize = 1024;
@@ -44,8 +43,7 @@ const DECODE_BUDGET_FACTOR: usize = 8;
 pub const NAME: &str = "dbus_ingest";
 
 pub struct DbusIngest {
-    queue: Arc<CaptureQueue>,
-    out: Option<Outbox<RawEventBatch>>,
+    out: Option<Submitter>,
     filter: Filter,
     own: OwnNames,
     names: Names,
@@ -59,7 +57,6 @@ pub struct DbusIngest {
     /// `input.max_data_bytes`: bodies above it are stored raw (and then
     /// truncated); decoding is bounded to a multiple of it.
     max_data_bytes: usize,
-    finished: bool,
     /// Unique names that joined the bus this round: looked up at once, so
     /// that a short-lived sender is still there when asked.
     joined: Vec<String>,
@@ -83,8 +80,7 @@ impl Drop for Watch {
 
 impl DbusIngest {
     pub fn new(
-        queue: Arc<CaptureQueue>,
-        out: Outbox<RawEventBatch>,
+        out: Submitter,
         filter: Filter,
         own: OwnNames,
         bus: String,
@@ -92,7 +88,6 @@ impl DbusIngest {
         creds: CredsCache,
     ) -> Self {
         DbusIngest {
-            queue,
             out: Some(out),
             filter,
             own,
@@ -103,7 +98,6 @@ impl DbusIngest {
             decoder: BodyDecoder::new(),
             bus,
             max_data_bytes,
-            finished: false,
             joined: Vec::new(),
             left: Vec::new(),
             watch: None,
@@ -119,40 +113,25 @@ impl DbusIngest {
 
 impl Actor for DbusIngest {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        next_round(self, ctx);
-    }
 }
-
-impl Supervised for DbusIngest {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        count_restart(NAME);
-    }
-}
-
-type Round = std::pin::Pin<Box<dyn ActorFuture<DbusIngest, Output = ()>>>;
 
 /// One round: take what is queued, map it, look up missing credentials,
-/// hand the events on (waiting for room), and go again. The queue closing
-/// ends the stage and drops its outbox, which lets the pipeline drain.
-fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
-    let queue = act.queue.clone();
-    let fut = async move { queue.pop_many(TAKE, LINGER).await }.into_actor(act).then(|items, act, _| {
-        if items.is_empty() {
-            // The capture ended and everything it queued is handed on. Let
-            // go of the outbox so the pipeline drains; the actor idles until
-            // its thread stops (stopping it would make the supervisor restart it).
-            act.out = None;
-            act.finished = true;
-            // A normal end: disarm the watch.
-            if let Some(w) = act.watch.as_mut() {
-                w.0 = None;
-            }
-            return Box::pin(actix::fut::ready(())) as Round;
-        }
+/// hand the events on (waiting for room). The queue closing ends the stage
+/// and drops its outbox, which lets the pipeline drain.
+impl Stage for DbusIngest {
+    type Input = Arc<CaptureQueue>;
+    const NAME: &'static str = NAME;
+    /// Not an edge: the capture queue is bounded in messages, bytes and fds
+    /// by `[bus]` (see `bus::capture`).
+    const INBOX_CAPACITY: usize = 0;
+
+    fn gather(&self) -> (usize, Duration) {
+        (TAKE, LINGER)
+    }
+
+    fn on_batches(&mut self, items: Vec<Captured>, _: &mut Context<Self>) -> Delivery<Self> {
         let n = items.len();
-        let pending = match std::panic::catch_unwind(AssertUnwindSafe(|| act.map_items(items))) {
+        let pending = match std::panic::catch_unwind(AssertUnwindSafe(|| self.map_items(items))) {
             Ok(p) => p,
             Err(_) => {
                 // A bug, not the message's fault: what was taken is lost, so
@@ -166,14 +145,14 @@ fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
                         first_ns: now,
                         last_ns: now,
                     },
-                    &act.bus,
+                    &self.bus,
                 )]
             }
         };
-        let lookups = act.missing_creds(&pending);
-        let left = std::mem::take(&mut act.left);
-        let resolver = act.resolver.clone();
-        let work = async move { (lookup_creds(resolver, lookups).await, pending) }.into_actor(act).then(
+        let lookups = self.missing_creds(&pending);
+        let left = std::mem::take(&mut self.left);
+        let resolver = self.resolver.clone();
+        let work = async move { (lookup_creds(resolver, lookups).await, pending) }.into_actor(self).then(
             move |(found, mut pending), act, _| {
                 for e in pending.iter_mut().filter(|e| e.creds.is_none()) {
                     if let Some(s) = &e.sender {
@@ -196,13 +175,19 @@ fn next_round(act: &mut DbusIngest, ctx: &mut Context<DbusIngest>) {
                 .into_actor(act)
             },
         );
-        Box::pin(work) as Round
-    });
-    ctx.spawn(fut.map(|(), act, ctx| {
-        if ctx.state() == ActorState::Running && !act.finished {
-            next_round(act, ctx);
+        Box::pin(work)
+    }
+
+    /// The capture ended and everything it queued is handed on: let go of
+    /// the pipeline so it drains.
+    fn on_closed(&mut self, _: &mut Context<Self>) -> Delivery<Self> {
+        self.out = None;
+        // A normal end: disarm the watch.
+        if let Some(w) = self.watch.as_mut() {
+            w.0 = None;
         }
-    }));
+        delivered()
+    }
 }
 
 impl DbusIngest {
@@ -373,7 +358,7 @@ async fn lookup_creds(resolver: Option<zbus::Connection>, senders: Vec<String>) 
     futures_util::future::join_all(lookups).await.into_iter().flatten().collect()
 }
 
-async fn send_batches(out: &Outbox<RawEventBatch>, events: Vec<RawEvent>) {
+async fn send_batches(out: &Submitter, events: Vec<RawEvent>) {
     let mut batch = Vec::new();
     let mut bytes = 0;
     let total = events.len() as u64;
@@ -381,14 +366,14 @@ async fn send_batches(out: &Outbox<RawEventBatch>, events: Vec<RawEvent>) {
         bytes += e.data.encoded_len();
         batch.push(e);
         if batch.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES {
-            if out.send(RawEventBatch { events: std::mem::take(&mut batch), ack: None }).await.is_err() {
+            if out.send_unacked(std::mem::take(&mut batch)).await.is_err() {
                 tracing::error!("the pipeline is gone; bus events are lost");
                 return;
             }
             bytes = 0;
         }
     }
-    if !batch.is_empty() && out.send(RawEventBatch { events: batch, ack: None }).await.is_err() {
+    if !batch.is_empty() && out.send_unacked(batch).await.is_err() {
         tracing::error!("the pipeline is gone; bus events are lost");
         return;
     }

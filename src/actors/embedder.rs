@@ -12,48 +12,31 @@ use crate::messages::{FootprintBatch, RecordBatch};
 use crate::metrics as m;
 use crate::ml::VectorLevel;
 use crate::runtime::edge::{Inbox, Outbox};
-use crate::runtime::{count_restart, pull, Delivery, Stage};
+use crate::runtime::{delivered, delivery, Delivery, Stage};
 use crate::vector::{heuristic, HEURISTIC_MODEL};
 
-/// Batches waiting for the Embedder: as for the Footprinter, a few batches
-/// of slack between two CPU-bound stages.
-pub const INBOX_CAPACITY: usize = 4;
-
 pub struct Embedder {
-    inbox: Inbox<FootprintBatch>,
     out: Option<Outbox<RecordBatch>>,
     with_vectors: bool,
 }
 
 impl Embedder {
-    pub fn new(inbox: Inbox<FootprintBatch>, out: Outbox<RecordBatch>, level: VectorLevel) -> Self {
-        Embedder { inbox, out: Some(out), with_vectors: level != VectorLevel::None }
+    pub fn new(out: Outbox<RecordBatch>, level: VectorLevel) -> Self {
+        Embedder { out: Some(out), with_vectors: level != VectorLevel::None }
     }
 }
 
 impl Actor for Embedder {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        pull(self, ctx);
-    }
-}
-
-impl Supervised for Embedder {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        count_restart(Self::NAME);
-    }
 }
 
 impl Stage for Embedder {
-    type In = FootprintBatch;
+    type Input = Inbox<FootprintBatch>;
     const NAME: &'static str = "embedder";
+    /// As for the Footprinter, a few batches of slack between two CPU-bound stages.
+    const INBOX_CAPACITY: usize = 4;
 
-    fn inbox(&self) -> &Inbox<FootprintBatch> {
-        &self.inbox
-    }
-
-    fn on_batches(&mut self, batches: Vec<FootprintBatch>, _: &mut Context<Self>) -> Delivery {
+    fn on_batches(&mut self, batches: Vec<FootprintBatch>, _: &mut Context<Self>) -> Delivery<Self> {
         let with_vectors = self.with_vectors;
         let out: Vec<RecordBatch> = batches
             .into_iter()
@@ -73,7 +56,7 @@ impl Stage for Embedder {
             })
             .collect();
         let tx = self.out.clone();
-        Box::pin(async move {
+        delivery(async move {
             let Some(tx) = tx else { return };
             for batch in out {
                 let n = batch.records.len() as u64;
@@ -86,8 +69,9 @@ impl Stage for Embedder {
         })
     }
 
-    fn on_closed(&mut self, _: &mut Context<Self>) {
+    fn on_closed(&mut self, _: &mut Context<Self>) -> Delivery<Self> {
         self.out = None;
+        delivered()
     }
 }
 
@@ -118,8 +102,8 @@ mod tests {
 
     async fn run(level: VectorLevel) -> Vec<Record> {
         let (src, inbox) = edge("test->embedder", 4);
-        let (out, probe) = edge("embedder->probe", 4);
-        Embedder::new(inbox, out, level).start();
+        let (out, mut probe) = edge("embedder->probe", 4);
+        let _stage = crate::runtime::start(inbox, move || Embedder::new(out, level));
         src.send(FootprintBatch { items: vec![item(1), item(2)], ack: None }).await.unwrap();
         drop(src);
         let mut records = Vec::new();

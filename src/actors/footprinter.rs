@@ -9,49 +9,33 @@ use crate::codec::{self, Footprint, Value, FLAG_TRUNCATED, MAX_FIELD_BYTES};
 use crate::messages::{FootprintBatch, PipelineError, RawEvent, RawEventBatch};
 use crate::metrics as m;
 use crate::runtime::edge::{Inbox, Outbox};
-use crate::runtime::{count_restart, pull, Delivery, Stage};
-
-/// Batches waiting for the Footprinter. `import` batches 512 events, so
-/// this bounds the stage's backlog to about 2k events: enough to keep the
-/// stage busy while the source parses the next batch, small enough that a
-/// stalled writer pushes back on the source within a few milliseconds.
-pub const INBOX_CAPACITY: usize = 4;
+use crate::runtime::{delivered, delivery, Delivery, Stage};
 
 pub struct Footprinter {
-    inbox: Inbox<RawEventBatch>,
     out: Option<Outbox<FootprintBatch>>,
     max_data_bytes: usize,
 }
 
 impl Footprinter {
-    pub fn new(inbox: Inbox<RawEventBatch>, out: Outbox<FootprintBatch>, max_data_bytes: usize) -> Self {
-        Footprinter { inbox, out: Some(out), max_data_bytes }
+    pub fn new(out: Outbox<FootprintBatch>, max_data_bytes: usize) -> Self {
+        Footprinter { out: Some(out), max_data_bytes }
     }
 }
 
 impl Actor for Footprinter {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        pull(self, ctx);
-    }
-}
-
-impl Supervised for Footprinter {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        count_restart(Self::NAME);
-    }
 }
 
 impl Stage for Footprinter {
-    type In = RawEventBatch;
+    type Input = Inbox<RawEventBatch>;
     const NAME: &'static str = "footprinter";
+    /// `import` batches 512 events, so this bounds the stage's backlog to
+    /// about 2k events: enough to keep the stage busy while the source
+    /// parses the next batch, small enough that a stalled writer pushes
+    /// back on the source within a few milliseconds.
+    const INBOX_CAPACITY: usize = 4;
 
-    fn inbox(&self) -> &Inbox<RawEventBatch> {
-        &self.inbox
-    }
-
-    fn on_batches(&mut self, batches: Vec<RawEventBatch>, _: &mut Context<Self>) -> Delivery {
+    fn on_batches(&mut self, batches: Vec<RawEventBatch>, _: &mut Context<Self>) -> Delivery<Self> {
         let max = self.max_data_bytes;
         let out: Vec<FootprintBatch> = batches
             .into_iter()
@@ -67,7 +51,7 @@ impl Stage for Footprinter {
             })
             .collect();
         let tx = self.out.clone();
-        Box::pin(async move {
+        delivery(async move {
             let Some(tx) = tx else { return };
             for batch in out {
                 let n = batch.items.len() as u64;
@@ -80,8 +64,9 @@ impl Stage for Footprinter {
         })
     }
 
-    fn on_closed(&mut self, _: &mut Context<Self>) {
+    fn on_closed(&mut self, _: &mut Context<Self>) -> Delivery<Self> {
         self.out = None;
+        delivered()
     }
 }
 
@@ -171,8 +156,8 @@ mod tests {
     #[actix_rt::test]
     async fn an_empty_batch_is_answered_at_once_and_not_forwarded() {
         let (src, inbox) = edge("test->footprinter", 4);
-        let (out, probe) = edge::<FootprintBatch>("footprinter->probe", 4);
-        Footprinter::new(inbox, out, 1024).start();
+        let (out, mut probe) = edge::<FootprintBatch>("footprinter->probe", 4);
+        let _stage = crate::runtime::start(inbox, move || Footprinter::new(out, 1024));
         let (ack, rx) = tokio::sync::oneshot::channel();
         src.send(RawEventBatch { events: vec![], ack: Some(ack) }).await.unwrap();
         assert_eq!(rx.await.unwrap(), Err(PipelineError::EmptyBatch));
@@ -193,8 +178,8 @@ mod tests {
     #[actix_rt::test]
     async fn forwards_batches_in_order_with_their_acks() {
         let (src, inbox) = edge("test->footprinter", 4);
-        let (out, probe) = edge("footprinter->probe", 4);
-        Footprinter::new(inbox, out, 1024).start();
+        let (out, mut probe) = edge("footprinter->probe", 4);
+        let _stage = crate::runtime::start(inbox, move || Footprinter::new(out, 1024));
         for i in 0..3 {
             let (ack, _rx) = tokio::sync::oneshot::channel();
             src.send(RawEventBatch { events: vec![raw(Value::UInt(i))], ack: Some(ack) }).await.unwrap();

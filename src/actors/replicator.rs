@@ -12,7 +12,6 @@ use actix::prelude::*;
 
 use crate::layout::Layout;
 use crate::metrics as m;
-use crate::runtime::count_restart;
 use crate::storage::replicate::{self, ReplicaConfig};
 use crate::storage::snapshot;
 
@@ -38,13 +37,7 @@ impl Actor for Replicator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(TICK, |act, _| act.tick());
-    }
-}
-
-impl Supervised for Replicator {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        count_restart(NAME);
+        ctx.run_interval(TICK, |act, _| crate::runtime::guarded(NAME, || act.tick()));
     }
 }
 

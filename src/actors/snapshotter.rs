@@ -16,43 +16,35 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::chain_writer::{ChainWriter, TakeSnapshot};
+use super::chain_writer::ChainWriter;
 use crate::codec::{Source, Value};
 use crate::layout::Layout;
-use crate::messages::{CommittedBlocks, RawEvent, RawEventBatch, SnapshotNow};
+use crate::messages::{CommittedBlocks, RawEvent, SnapshotError, SnapshotNow, Submitter, TakeSnapshot};
 use crate::metrics as m;
-use crate::runtime::count_restart;
-use crate::runtime::edge::{Inbox, Outbox};
+use crate::runtime::edge::Inbox;
+use crate::runtime::{delivered, Delivery, Stage};
 use crate::storage::retention::{keep, Interval, Retention};
 use crate::storage::snapshot::{self, SnapshotMeta};
 
-/// Committed-batch notifications waiting (per-op mode only); a full queue
-/// drops the notification, and the next snapshot covers its batch.
-pub const INBOX_CAPACITY: usize = 8;
-
-pub const NAME: &str = "snapshotter";
 pub const SNAPSHOT_OPERATION: &str = "org.opdbus.Snapshot";
 
 pub struct Snapshotter {
     writer: Addr<ChainWriter>,
-    /// Where snapshot records go; dropped at the final snapshot.
-    source: Option<Outbox<RawEventBatch>>,
-    inbox: Option<Inbox<CommittedBlocks>>,
+    /// Where snapshot records go; let go of at the final snapshot.
+    submitter: Option<Submitter>,
     layout: Layout,
     interval: Interval,
     retention: Retention,
     /// Snapshot names a replica still needs (its next parent): never deleted.
     protected: Box<dyn Fn() -> Vec<String> + Send>,
+    /// The last seq the newest snapshot covers.
     last_head: Option<u64>,
-    busy: bool,
-    turn: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Snapshotter {
     pub fn new(
         writer: Addr<ChainWriter>,
-        source: Outbox<RawEventBatch>,
-        inbox: Option<Inbox<CommittedBlocks>>,
+        submitter: Submitter,
         layout: Layout,
         interval: Interval,
         retention: Retention,
@@ -60,18 +52,7 @@ impl Snapshotter {
     ) -> Self {
         snapshot::remove_incomplete(&layout);
         let last_head = snapshot::list(&layout).last().map(|s| covered_up_to(&layout, s.head_seq));
-        Snapshotter {
-            writer,
-            source: Some(source),
-            inbox,
-            layout,
-            interval,
-            retention,
-            protected,
-            last_head,
-            busy: false,
-            turn: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
-        }
+        Snapshotter { writer, submitter: Some(submitter), layout, interval, retention, protected, last_head }
     }
 }
 
@@ -79,77 +60,111 @@ impl Actor for Snapshotter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match self.interval {
-            Interval::Every(d) => {
-                ctx.run_interval(d, |act, ctx| act.snapshot(ctx, "timer", None));
-            }
-            Interval::PerOp => pull_committed(self, ctx),
-            Interval::Off => {}
+        if let Interval::Every(d) = self.interval {
+            ctx.run_interval(d, |act, ctx| {
+                // After the final snapshot, nothing more is taken.
+                if act.submitter.is_some() {
+                    ctx.wait(act.take_and_record("timer").map(|_, _, _| ()));
+                }
+            });
         }
     }
 }
 
-impl Supervised for Snapshotter {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        count_restart(NAME);
-        self.busy = false;
+/// `per-op` mode: fed the ChainWriter's committed batches.
+impl Stage for Snapshotter {
+    type Input = Inbox<CommittedBlocks>;
+    const NAME: &'static str = "snapshotter";
+    /// Committed-batch notifications waiting; a full queue drops the
+    /// notification, and the next snapshot covers its batch.
+    const INBOX_CAPACITY: usize = 8;
+
+    fn gather(&self) -> (usize, Duration) {
+        (usize::MAX, Duration::ZERO)
+    }
+
+    fn on_batches(&mut self, batches: Vec<CommittedBlocks>, ctx: &mut Context<Self>) -> Delivery<Self> {
+        let news = batches.iter().any(|b| b.blocks.iter().any(|a| a.operation != SNAPSHOT_OPERATION));
+        if news && self.submitter.is_some() {
+            ctx.wait(self.take_and_record("per-op").map(|_, _, _| ()));
+        }
+        delivered()
+    }
+
+    fn on_closed(&mut self, _: &mut Context<Self>) -> Delivery<Self> {
+        delivered()
     }
 }
 
 impl Handler<SnapshotNow> for Snapshotter {
-    type Result = ResponseActFuture<Self, Result<Option<SnapshotMeta>, String>>;
+    type Result = AtomicResponse<Self, Result<Option<SnapshotMeta>, SnapshotError>>;
 
+    /// Atomic: runs alone, like every snapshot (see `take_and_record`).
     fn handle(&mut self, msg: SnapshotNow, _: &mut Context<Self>) -> Self::Result {
         if msg.last && self.interval == Interval::Off {
-            // Snapshots are off: no final one; just let go of the source.
-            self.source = None;
-            self.inbox = None;
-            return Box::pin(actix::fut::ready(Ok(None)));
+            // Snapshots are off: no final one; just let go of the pipeline.
+            self.submitter = None;
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(None))));
         }
-        let fut = take_and_record(self, if msg.last { "shutdown" } else { "requested" });
-        Box::pin(fut.map(move |r, act, _| {
+        let fut = self.take_and_record(if msg.last { "shutdown" } else { "requested" });
+        AtomicResponse::new(Box::pin(fut.map(move |r, act, _| {
             if msg.last {
-                act.source = None;
-                act.inbox = None;
+                act.submitter = None;
             }
             r
-        }))
+        })))
     }
 }
 
-fn pull_committed(act: &mut Snapshotter, ctx: &mut Context<Snapshotter>) {
-    let Some(inbox) = act.inbox.clone() else { return };
-    let fut = async move { inbox.recv(64, Duration::ZERO).await }.into_actor(act).map(|batches, act, ctx| {
-        if batches.is_empty() {
-            return; // closed
-        }
-        let news = batches.iter().any(|b| b.blocks.iter().any(|a| a.operation != SNAPSHOT_OPERATION));
-        if news {
-            act.snapshot(ctx, "per-op", Some(Box::new(pull_committed)));
-        } else {
-            pull_committed(act, ctx);
-        }
-    });
-    ctx.spawn(fut);
-}
-
-type Then = Box<dyn FnOnce(&mut Snapshotter, &mut Context<Snapshotter>)>;
-
 impl Snapshotter {
-    /// One snapshot (skipped while another is being taken), then `then`.
-    fn snapshot(&mut self, ctx: &mut Context<Self>, reason: &'static str, then: Option<Then>) {
-        if self.busy || self.source.is_none() {
-            if let Some(t) = then {
-                t(self, ctx);
-            }
-            return;
-        }
-        let fut = take_and_record(self, reason).map(move |_, act, ctx| {
-            if let Some(t) = then {
-                t(act, ctx);
-            }
-        });
-        ctx.spawn(fut);
+    /// Asks the writer for a snapshot, records it in the chain (waiting
+    /// until the record is durable), rotates. Every caller runs it with
+    /// `ctx.wait` (or an atomic response), which holds back the actor's
+    /// mailbox, timer and inbox until it is done: one snapshot at a time,
+    /// and the next one sees what this one covered.
+    fn take_and_record(
+        &mut self,
+        reason: &'static str,
+    ) -> impl ActorFuture<Self, Output = Result<Option<SnapshotMeta>, SnapshotError>> + 'static {
+        let (writer, unless, submitter) = (self.writer.clone(), self.last_head, self.submitter.clone());
+        let work = async move {
+            let taken =
+                writer.send(TakeSnapshot { unless_head: unless }).await.map_err(|_| SnapshotError::WriterGone)?;
+            let Some(meta) = taken? else { return Ok(None) };
+            let covered = match submitter {
+                // The final snapshot after the pipeline let go: not recorded.
+                None => meta.head_seq,
+                Some(s) => {
+                    let record = s.submit(vec![snapshot_record(&meta)]).await?;
+                    // Covered: the snapshot's blocks, and its own record when
+                    // nothing else was appended in between (a record alone is
+                    // not worth the next snapshot).
+                    if record.first_seq == meta.head_seq + 1 {
+                        record.last_seq
+                    } else {
+                        meta.head_seq
+                    }
+                }
+            };
+            Ok(Some((meta, covered)))
+        };
+        actix::fut::wrap_future::<_, Self>(work).map(
+            move |r: Result<Option<(SnapshotMeta, u64)>, SnapshotError>, act, _| match r {
+                Ok(Some((meta, covered))) => {
+                    act.last_head = Some(covered);
+                    metrics::counter!(m::SNAPSHOTS_TAKEN).increment(1);
+                    tracing::info!(snapshot = %meta.name, kind = %meta.kind, reason, "snapshot taken");
+                    act.rotate();
+                    Ok(Some(meta))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => {
+                    metrics::counter!(m::SNAPSHOT_ERRORS).increment(1);
+                    tracing::error!(error = %e, reason, "snapshot failed");
+                    Err(e)
+                }
+            },
+        )
     }
 
     fn rotate(&self) {
@@ -174,79 +189,6 @@ impl Snapshotter {
         }
         metrics::gauge!(m::SNAPSHOTS_KEPT).set(left as f64);
     }
-}
-
-/// Asks the writer for a snapshot, records it in the chain (waiting until
-/// the record is durable), rotates.
-fn take_and_record(
-    act: &mut Snapshotter,
-    reason: &'static str,
-) -> impl ActorFuture<Snapshotter, Output = Result<Option<SnapshotMeta>, String>> {
-    act.busy = true;
-    // One snapshot at a time: a requested or final snapshot arriving while
-    // a timed one is in flight waits for it, then sees what it covered.
-    let turn = act.turn.clone();
-    async move { turn.acquire_owned().await.expect("never closed") }
-        .into_actor(act)
-        .then(|permit, act, _| {
-            let writer = act.writer.clone();
-            let unless = act.last_head;
-            async move {
-                let taken = writer.send(TakeSnapshot { unless_head: unless }).await.map_err(|e| e.to_string());
-                (permit, taken.and_then(|r| r))
-            }
-            .into_actor(act)
-        })
-        .then(move |(permit, taken), act, _| {
-            let source = act.source.clone();
-            let meta = taken.clone();
-            async move {
-                let meta = meta?;
-                let Some(meta) = meta else { return Ok(None) };
-                let Some(source) = source else {
-                    let head = meta.head_seq;
-                    return Ok(Some((meta, head)));
-                };
-                let (ack, rx) = tokio::sync::oneshot::channel();
-                source
-                    .send(RawEventBatch { events: vec![snapshot_record(&meta)], ack: Some(ack) })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                drop(source);
-                let record = rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-                // Covered: the snapshot's blocks, and its own record when
-                // nothing else was appended in between (a record alone is
-                // not worth the next snapshot).
-                let covered = if record.first_seq == meta.head_seq + 1 { record.last_seq } else { meta.head_seq };
-                Ok(Some((meta, covered)))
-            }
-            .into_actor(act)
-            .map(move |r, _, _| (permit, r))
-        })
-        .map(move |(permit, r): (_, Result<Option<(SnapshotMeta, u64)>, String>), act, _| {
-            // Released once `last_head` says what this snapshot covered.
-            let _permit: tokio::sync::OwnedSemaphorePermit = permit;
-            act.busy = false;
-            let r = r.map(|o| {
-                o.map(|(meta, covered)| {
-                    act.last_head = Some(covered);
-                    meta
-                })
-            });
-            match &r {
-                Ok(Some(meta)) => {
-                    metrics::counter!(m::SNAPSHOTS_TAKEN).increment(1);
-                    tracing::info!(snapshot = %meta.name, kind = %meta.kind, reason, "snapshot taken");
-                    act.rotate();
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    metrics::counter!(m::SNAPSHOT_ERRORS).increment(1);
-                    tracing::error!(error = %e, reason, "snapshot failed");
-                }
-            }
-            r
-        })
 }
 
 /// How far a snapshot taken at `head` covers the chain: through its own

@@ -17,7 +17,7 @@
 //! lost.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -511,6 +511,29 @@ async fn reconnect(cfg: &CaptureConfig, stop: &Notify) -> Option<(Monitor, Names
                 delay = (delay * 2).min(cfg.reconnect_max);
             }
         }
+    }
+}
+
+impl crate::runtime::Batch for Captured {
+    fn events(&self) -> usize {
+        1
+    }
+}
+
+/// DbusIngest's input: the queue is shared with the capture thread, so the
+/// pull loop holds one handle of it.
+impl crate::runtime::Input for Arc<CaptureQueue> {
+    type Item = Captured;
+
+    fn recv(
+        self,
+        max_events: usize,
+        linger: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (Self, Vec<Captured>)>>> {
+        Box::pin(async move {
+            let got = self.pop_many(max_events, linger).await;
+            (self, got)
+        })
     }
 }
 

@@ -32,9 +32,8 @@ use crate::import::{check_event, Limits};
 use crate::index::query::{self, Filter};
 use crate::index::Index;
 use crate::layout::Layout;
-use crate::messages::{RawEvent, RawEventBatch, SnapshotNow};
+use crate::messages::{PipelineError, RawEvent, SnapshotNow, Submitter};
 use crate::metrics as m;
-use crate::runtime::edge::Outbox;
 
 const QUERY_DEFAULT: u32 = 100;
 const QUERY_MAX: u32 = 10_000;
@@ -61,7 +60,7 @@ pub struct ServiceParts {
     pub index: Index,
     pub health: Arc<Health>,
     /// Taken away at shutdown, so that the pipeline can drain.
-    pub source: Arc<Mutex<Option<Outbox<RawEventBatch>>>>,
+    pub source: Arc<Mutex<Option<Submitter>>>,
     pub limits: Limits,
     pub snapshotter: actix::Recipient<SnapshotNow>,
     /// The search vectors' engine; `None` at vector level none.
@@ -277,7 +276,7 @@ impl ChainService {
             .send(SnapshotNow { last: false })
             .await
             .map_err(|_| ChainError::Unavailable("op-dbus is stopping".into()))
-            .and_then(|r| r.map_err(ChainError::Failed))
+            .and_then(|r| r.map_err(|e| ChainError::Failed(e.to_string())))
             .map(|m| m.map(|m| m.name).unwrap_or_default());
         count("Snapshot", r.is_ok());
         r
@@ -333,16 +332,15 @@ impl ChainService {
             signature: String::new(),
             data,
         };
-        let (ack, rx) = tokio::sync::oneshot::channel();
-        source
-            .send(RawEventBatch { events: vec![event], ack: Some(ack) })
-            .await
-            .map_err(|_| ChainError::Unavailable("op-dbus is stopping".into()))?;
+        let receipt =
+            source.send(vec![event]).await.map_err(|_| ChainError::Unavailable("op-dbus is stopping".into()))?;
         drop(source);
-        match rx.await {
-            Ok(Ok(c)) => Ok(c.first_seq),
-            Ok(Err(e)) => Err(ChainError::Unavailable(e.to_string())),
-            Err(_) => Err(ChainError::Unavailable("op-dbus stopped before the footprint was durable".into())),
+        match receipt.durable().await {
+            Ok(c) => Ok(c.first_seq),
+            Err(PipelineError::Stopped) => {
+                Err(ChainError::Unavailable("op-dbus stopped before the footprint was durable".into()))
+            }
+            Err(e) => Err(ChainError::Unavailable(e.to_string())),
         }
     }
 }

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::runtime::edge::Outbox;
+use crate::storage::snapshot::SnapshotMeta;
+
 use crate::chain::{Appended, Record};
 use crate::codec::{Credentials, Footprint, Hash, Source, Value};
 use crate::runtime::Batch;
@@ -115,11 +118,89 @@ impl fmt::Debug for CommittedBlocks {
     }
 }
 
-/// Takes a snapshot now; `last` also lets go of the source afterwards (the
-/// final snapshot at shutdown). Answered with the snapshot, or `None` if
-/// nothing was appended since the last one.
+/// The pipeline's entrance, for every producer: the bus, `Submit`,
+/// `import` and the Snapshotter's own records. `send` waits for room in the
+/// Footprinter's queue (backpressure) and returns a [`Receipt`]; the
+/// receipt resolves once the batch is durable.
+#[derive(Clone)]
+pub struct Submitter {
+    source: Outbox<RawEventBatch>,
+}
+
+/// A batch in the pipeline: resolves to its seq range once durable.
+pub struct Receipt(oneshot::Receiver<Result<Committed, PipelineError>>);
+
+impl Submitter {
+    pub fn new(source: Outbox<RawEventBatch>) -> Self {
+        Submitter { source }
+    }
+
+    /// Hands `events` to the pipeline, waiting for room.
+    pub async fn send(&self, events: Vec<RawEvent>) -> Result<Receipt, PipelineError> {
+        let (ack, rx) = oneshot::channel();
+        self.source.send(RawEventBatch { events, ack: Some(ack) }).await.map_err(|_| PipelineError::Stopped)?;
+        Ok(Receipt(rx))
+    }
+
+    /// As [`send`](Self::send), for threads outside the async runtime.
+    pub fn blocking_send(&self, events: Vec<RawEvent>) -> Result<Receipt, PipelineError> {
+        let (ack, rx) = oneshot::channel();
+        self.source.blocking_send(RawEventBatch { events, ack: Some(ack) }).map_err(|_| PipelineError::Stopped)?;
+        Ok(Receipt(rx))
+    }
+
+    /// Hands `events` on without asking to be told when they are durable
+    /// (the bus: its loss accounting is the gap record, not an ack).
+    pub async fn send_unacked(&self, events: Vec<RawEvent>) -> Result<(), PipelineError> {
+        self.source.send(RawEventBatch { events, ack: None }).await.map_err(|_| PipelineError::Stopped)
+    }
+
+    /// Sends and waits until durable.
+    pub async fn submit(&self, events: Vec<RawEvent>) -> Result<Committed, PipelineError> {
+        self.send(events).await?.durable().await
+    }
+}
+
+impl Receipt {
+    /// Waits until the batch is durable (or the pipeline stopped without it).
+    pub async fn durable(self) -> Result<Committed, PipelineError> {
+        self.0.await.map_err(|_| PipelineError::Stopped)?
+    }
+
+    /// As [`durable`](Self::durable), for threads outside the async runtime.
+    pub fn blocking_durable(self) -> Result<Committed, PipelineError> {
+        self.0.blocking_recv().map_err(|_| PipelineError::Stopped)?
+    }
+}
+
+/// Why a snapshot was not taken or not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("a failed commit is being retried; not at a commit boundary")]
+    NotAtBoundary,
+    #[error("snapshot failed: {0}")]
+    Take(#[from] std::io::Error),
+    #[error("the chain writer is gone")]
+    WriterGone,
+    #[error("the snapshot was taken but its record was not: {0}")]
+    Record(#[from] PipelineError),
+}
+
+/// Command to the ChainWriter: take a snapshot now, at this commit
+/// boundary. Answered with `None` when there is nothing new since
+/// `unless_head` (or the chain is empty).
 #[derive(actix::Message)]
-#[rtype(result = "Result<Option<crate::storage::snapshot::SnapshotMeta>, String>")]
+#[rtype(result = "Result<Option<SnapshotMeta>, SnapshotError>")]
+pub struct TakeSnapshot {
+    pub unless_head: Option<u64>,
+}
+
+/// Command to the Snapshotter: take a snapshot now and record it; `last`
+/// also lets go of the pipeline afterwards (the final snapshot at
+/// shutdown). Answered with the snapshot, or `None` if nothing was
+/// appended since the last one.
+#[derive(actix::Message)]
+#[rtype(result = "Result<Option<SnapshotMeta>, SnapshotError>")]
 pub struct SnapshotNow {
     pub last: bool,
 }

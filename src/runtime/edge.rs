@@ -8,17 +8,16 @@
 //! actor pulls batches in order. The capacity belongs to the receiver: each
 //! actor module declares `INBOX_CAPACITY`, and the wiring passes it here.
 //!
-//! The receiver lives behind an `Arc<Mutex<_>>` so that it survives an
-//! actor restart: actix drops a restarted actor's futures, and a receiver
-//! moved into one of them would close the edge.
+//! The receiving end is owned by the stage's pull loop ([`super::pull`]),
+//! which moves it into each read and gets it back.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::Mutex;
 
-use super::Batch;
+use super::{Batch, Input};
 use crate::metrics as m;
 
 /// The downstream end is gone: the pipeline is shutting down or broken.
@@ -39,21 +38,15 @@ impl<T> Clone for Outbox<T> {
 }
 
 pub struct Inbox<T> {
-    rx: Arc<Mutex<mpsc::Receiver<T>>>,
+    rx: mpsc::Receiver<T>,
     edge: &'static str,
-}
-
-impl<T> Clone for Inbox<T> {
-    fn clone(&self) -> Self {
-        Inbox { rx: self.rx.clone(), edge: self.edge }
-    }
 }
 
 /// A bounded edge named `edge` (e.g. `footprinter->embedder`) holding at most `capacity` batches.
 pub fn edge<T>(edge: &'static str, capacity: usize) -> (Outbox<T>, Inbox<T>) {
     let (tx, rx) = mpsc::channel(capacity);
     metrics::gauge!(m::QUEUE_CAPACITY, "edge" => edge).set(capacity as f64);
-    (Outbox { tx, edge, capacity }, Inbox { rx: Arc::new(Mutex::new(rx)), edge })
+    (Outbox { tx, edge, capacity }, Inbox { rx, edge })
 }
 
 impl<T: Batch> Outbox<T> {
@@ -114,8 +107,8 @@ impl<T: Batch> Inbox<T> {
     /// and drained. Cancel-safe only while waiting for the first batch: a
     /// call dropped while lingering drops what it took. The pull loop never
     /// drops a call mid-way except when the whole system stops.
-    pub async fn recv(&self, max_events: usize, linger: std::time::Duration) -> Vec<T> {
-        let mut rx = self.rx.clone().lock_owned().await;
+    pub async fn recv(&mut self, max_events: usize, linger: Duration) -> Vec<T> {
+        let rx = &mut self.rx;
         let mut out = Vec::new();
         let Some(first) = rx.recv().await else { return out };
         let mut n = first.events();
@@ -137,5 +130,16 @@ impl<T: Batch> Inbox<T> {
         }
         metrics::gauge!(m::QUEUE_DEPTH, "edge" => self.edge).set(rx.len() as f64);
         out
+    }
+}
+
+impl<T: Batch + Send + 'static> Input for Inbox<T> {
+    type Item = T;
+
+    fn recv(mut self, max_events: usize, linger: Duration) -> Pin<Box<dyn Future<Output = (Self, Vec<T>)>>> {
+        Box::pin(async move {
+            let got = Inbox::recv(&mut self, max_events, linger).await;
+            (self, got)
+        })
     }
 }

@@ -1,11 +1,29 @@
 //! The stage runtime: what every actor of the pipeline runs on.
 //!
-//! Every stage runs on its own actix `Arbiter` (a dedicated OS thread), so
-//! the blocking work a stage owns (fdatasync in ChainWriter, LMDB in
-//! CacheIndexer) blocks only that stage, which is exactly the backpressure
-//! we want, and never an executor shared with the metrics server or a bus
-//! connection. Data moves over bounded [`edge`]s; [`pull`] is the one loop
-//! that every stage runs.
+//! A stage is an actix actor on its own thread ([`start`] makes the
+//! `Arbiter`), so the blocking work it owns (fdatasync in ChainWriter, LMDB
+//! in CacheIndexer) blocks only that stage, which is exactly the
+//! backpressure we want, and never an executor shared with the metrics
+//! server or a bus connection. A stage has two ways in:
+//!
+//! - its **data inbox**, an [`Input`]: a bounded [`edge`] whose capacity the
+//!   stage declares ([`Stage::INBOX_CAPACITY`]), or the capture queue.
+//!   [`pull`] is the one loop that reads it: take a gathering, handle it,
+//!   wait for the delivery downstream, take the next. The loop owns the
+//!   input; it passes it into each read and gets it back with the batches,
+//!   so there is no lock and nothing a restart could drop.
+//! - its **commands**: actix messages to its `Addr`. actix serves the
+//!   mailbox before the actor's running futures each time it polls the
+//!   actor, and a stage's handler runs synchronously inside one poll, so a
+//!   command (such as `TakeSnapshot`) always runs between two gatherings:
+//!   at a commit boundary, by construction.
+//!
+//! A panic in a handler is caught, counted (`op_dbus_actor_restarts_total`)
+//! and handed to [`Stage::after_panic`]; the loop goes on with the same
+//! actor and its state. The batches the handler held are dropped, which
+//! their submitters see as an error on their ack, never as a silent loss.
+//! There is no supervisor to restart an actor, so nothing keeps addresses
+//! alive for one.
 
 pub mod edge;
 
@@ -17,27 +35,43 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::metrics as m;
-use edge::Inbox;
 
 /// How many events a message carries, for batching and metrics.
 pub trait Batch {
     fn events(&self) -> usize;
 }
 
-/// The delivery of a stage's output downstream; it completes when the
-/// downstream queue has taken it.
-pub type Delivery = Pin<Box<dyn Future<Output = ()>>>;
+/// Where a stage's data comes from. `recv` takes the input by value and
+/// gives it back with what it read: the pull loop owns it across reads.
+pub trait Input: Sized + 'static {
+    type Item: Batch + 'static;
 
-pub fn delivered() -> Delivery {
-    Box::pin(async {})
+    /// Waits for at least one item, then takes what is queued up to
+    /// `max_events` events, waiting up to `linger` for more. Empty once the
+    /// input is closed and drained.
+    fn recv(self, max_events: usize, linger: Duration) -> Pin<Box<dyn Future<Output = (Self, Vec<Self::Item>)>>>;
 }
 
-/// A pipeline stage: an actor that pulls batches from its inbox.
-pub trait Stage: Actor<Context = Context<Self>> {
-    type In: Batch + Send + 'static;
-    const NAME: &'static str;
+/// The delivery of a stage's output downstream (or a retry of its own
+/// work); the next gathering is pulled once it completes.
+pub type Delivery<A> = Pin<Box<dyn ActorFuture<A, Output = ()>>>;
 
-    fn inbox(&self) -> &Inbox<Self::In>;
+/// Nothing to wait for.
+pub fn delivered<A: Actor>() -> Delivery<A> {
+    Box::pin(actix::fut::ready(()))
+}
+
+/// A delivery that needs no access to the stage (sending downstream).
+pub fn delivery<A: Actor>(f: impl Future<Output = ()> + 'static) -> Delivery<A> {
+    Box::pin(actix::fut::wrap_future(f))
+}
+
+/// A pipeline stage: an actor that pulls batches from its input.
+pub trait Stage: Actor<Context = Context<Self>> {
+    type Input: Input;
+    const NAME: &'static str;
+    /// Batches its inbox holds: the capacity of the edge that feeds it.
+    const INBOX_CAPACITY: usize;
 
     /// How many events to take per pull, and how long to wait for more.
     /// By default one batch at a time: a stage holds at most one batch in
@@ -47,54 +81,95 @@ pub trait Stage: Actor<Context = Context<Self>> {
     }
 
     /// Does the stage's work on what was pulled and returns the delivery of
-    /// its output. To fail, keep what must be retried and call `ctx.stop()`:
-    /// the supervisor restarts the actor with its state.
-    fn on_batches(&mut self, batches: Vec<Self::In>, ctx: &mut Context<Self>) -> Delivery;
+    /// its output (or of a retry: the loop waits for it either way).
+    fn on_batches(&mut self, batches: Vec<<Self::Input as Input>::Item>, ctx: &mut Context<Self>) -> Delivery<Self>;
 
-    /// The inbox is closed and drained: flush, drop the outboxes so the
+    /// The input is closed and drained: flush, drop the outboxes so the
     /// next stage sees its inbox close too.
-    fn on_closed(&mut self, ctx: &mut Context<Self>);
+    fn on_closed(&mut self, ctx: &mut Context<Self>) -> Delivery<Self>;
+
+    /// A handler panicked; its batches are gone. Put the state right.
+    fn after_panic(&mut self, _ctx: &mut Context<Self>) {}
 }
 
-/// Pulls one gathering of batches, handles it, waits for the delivery, and
-/// pulls again. A panic in a handler is caught, counted and turned into a
-/// restart; the batches it was handling are dropped, which their
-/// submitters see as an error on their ack, never as a silent loss.
-pub fn pull<A: Stage>(act: &mut A, ctx: &mut Context<A>) {
-    let inbox = act.inbox().clone();
+/// A stage running on its own thread.
+pub struct Running<A: Actor> {
+    pub addr: Addr<A>,
+    thread: Arbiter,
+}
+
+impl<A: Actor> Running<A> {
+    /// Stops the stage's thread and waits for it, so that whatever the
+    /// stage owns (a chain file, an LMDB environment) is closed on return.
+    pub fn join(self) {
+        self.thread.stop();
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts an actor that is not fed by an input (a timer stage) on its own thread.
+pub fn start_actor<A>(make: impl FnOnce() -> A + Send + 'static) -> Running<A>
+where
+    A: Actor<Context = Context<A>>,
+{
+    let thread = Arbiter::new();
+    let addr = A::start_in_arbiter(&thread.handle(), move |_| make());
+    Running { addr, thread }
+}
+
+/// Starts `make()` on its own thread and its pull loop over `input`.
+pub fn start<S>(input: S::Input, make: impl FnOnce() -> S + Send + 'static) -> Running<S>
+where
+    S: Stage,
+    S::Input: Send,
+{
+    let thread = Arbiter::new();
+    let addr = S::start_in_arbiter(&thread.handle(), move |ctx: &mut Context<S>| {
+        ctx.spawn(actix::fut::ready(()).map(move |(), act: &mut S, ctx: &mut Context<S>| pull(input, act, ctx)));
+        make()
+    });
+    Running { addr, thread }
+}
+
+/// Pulls one gathering, handles it, waits for the delivery, and pulls
+/// again, until the input is closed and drained.
+pub fn pull<S: Stage>(input: S::Input, act: &mut S, ctx: &mut Context<S>) {
     let (max, linger) = act.gather();
-    let fut = async move { inbox.recv(max, linger).await }.into_actor(act).then(|batches, act, ctx| {
-        let closed = batches.is_empty();
-        let delivery = if closed {
-            act.on_closed(ctx);
-            delivered()
-        } else {
-            let n: usize = batches.iter().map(Batch::events).sum();
-            metrics::counter!(m::STAGE_RECEIVED, "stage" => A::NAME).increment(n as u64);
-            match std::panic::catch_unwind(AssertUnwindSafe(|| act.on_batches(batches, ctx))) {
-                Ok(d) => d,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(stage = A::NAME, panic = %what, events = n, "stage panicked; restarting it");
-                    ctx.stop();
-                    delivered()
-                }
+    let fut = actix::fut::wrap_future::<_, S>(input.recv(max, linger)).then(|(input, batches), act, ctx| {
+        if batches.is_empty() {
+            return act.on_closed(ctx);
+        }
+        let n: usize = batches.iter().map(Batch::events).sum();
+        metrics::counter!(m::STAGE_RECEIVED, "stage" => S::NAME).increment(n as u64);
+        let delivery = match std::panic::catch_unwind(AssertUnwindSafe(|| act.on_batches(batches, ctx))) {
+            Ok(d) => d,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(stage = S::NAME, panic = %what, events = n, "stage panicked; its batches are dropped");
+                count_restart(S::NAME);
+                act.after_panic(ctx);
+                delivered()
             }
         };
-        delivery.into_actor(act).map(move |(), act, ctx| {
-            if !closed && ctx.state() == ActorState::Running {
-                pull(act, ctx);
-            }
-        })
+        Box::pin(delivery.map(move |(), act, ctx| pull(input, act, ctx)))
     });
     ctx.spawn(fut);
 }
 
-/// Counts a restart; called from every stage's `Supervised::restarting`.
+/// Runs a stage's timer work; a panic in it is caught and counted like
+/// one in a handler, and the stage goes on at the next tick.
+pub fn guarded(stage: &'static str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!(stage, "stage panicked in its timer");
+        count_restart(stage);
+    }
+}
+
+/// Counts a restart: a stage that panicked, or failed and started over.
 pub fn count_restart(stage: &'static str) {
     metrics::counter!(m::ACTOR_RESTARTS, "actor" => stage).increment(1);
     tracing::warn!(actor = stage, "actor restarted");
