@@ -525,11 +525,7 @@ impl crate::runtime::Batch for Captured {
 impl crate::runtime::Input for Arc<CaptureQueue> {
     type Item = Captured;
 
-    fn recv(
-        self,
-        max_events: usize,
-        linger: Duration,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (Self, Vec<Captured>)>>> {
+    fn recv(self, max_events: usize, linger: Duration) -> crate::runtime::Received<Self> {
         Box::pin(async move {
             let got = self.pop_many(max_events, linger).await;
             (self, got)

@@ -11,13 +11,11 @@
 //! The receiving end is owned by the stage's pull loop ([`super::pull`]),
 //! which moves it into each read and gets it back.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::{Batch, Input};
+use super::{Batch, Input, Received};
 use crate::metrics as m;
 
 /// The downstream end is gone: the pipeline is shutting down or broken.
@@ -136,7 +134,7 @@ impl<T: Batch> Inbox<T> {
 impl<T: Batch + Send + 'static> Input for Inbox<T> {
     type Item = T;
 
-    fn recv(mut self, max_events: usize, linger: Duration) -> Pin<Box<dyn Future<Output = (Self, Vec<T>)>>> {
+    fn recv(mut self, max_events: usize, linger: Duration) -> Received<Self> {
         Box::pin(async move {
             let got = Inbox::recv(&mut self, max_events, linger).await;
             (self, got)

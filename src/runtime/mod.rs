@@ -41,6 +41,9 @@ pub trait Batch {
     fn events(&self) -> usize;
 }
 
+/// What [`Input::recv`] returns: the input back, and what it read.
+pub type Received<I> = Pin<Box<dyn Future<Output = (I, Vec<<I as Input>::Item>)>>>;
+
 /// Where a stage's data comes from. `recv` takes the input by value and
 /// gives it back with what it read: the pull loop owns it across reads.
 pub trait Input: Sized + 'static {
@@ -49,7 +52,7 @@ pub trait Input: Sized + 'static {
     /// Waits for at least one item, then takes what is queued up to
     /// `max_events` events, waiting up to `linger` for more. Empty once the
     /// input is closed and drained.
-    fn recv(self, max_events: usize, linger: Duration) -> Pin<Box<dyn Future<Output = (Self, Vec<Self::Item>)>>>;
+    fn recv(self, max_events: usize, linger: Duration) -> Received<Self>;
 }
 
 /// The delivery of a stage's output downstream (or a retry of its own
