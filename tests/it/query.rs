@@ -2,7 +2,7 @@
 //! capture times (out of order on purpose), checked against a model of
 //! the dataset with the index complete, missing, lagging and rebuilt.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

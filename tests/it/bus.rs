@@ -2,9 +2,8 @@
 //! that each test starts (scripts/private-bus.sh, the shipped policy) and
 //! kills on drop. Never the host's bus.
 
-mod common;
-#[path = "common/bus.rs"]
-mod private_bus;
+use crate::common;
+use crate::common::bus as private_bus;
 
 use private_bus::Bus;
 

@@ -3,11 +3,9 @@
 //! failing command, names with shell metacharacters, a corrupted stream,
 //! and rotation keeping a replica's parent.
 
-mod common;
-#[path = "common/btrfs.rs"]
-mod loop_btrfs;
-#[path = "common/bus.rs"]
-mod private_bus;
+use crate::common;
+use crate::common::btrfs as loop_btrfs;
+use crate::common::bus as private_bus;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

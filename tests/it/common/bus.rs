@@ -1,6 +1,5 @@
 //! A private dbus-daemon for a test: started with scripts/private-bus.sh
 //! (the shipped policy), killed on drop, restartable on the same socket.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,11 +3,9 @@
 //! snapshot record, `snapshots verify` catching a modified snapshot,
 //! restore, rotation, per-op snapshots under load and after kill -9.
 
-mod common;
-#[path = "common/btrfs.rs"]
-mod loop_btrfs;
-#[path = "common/bus.rs"]
-mod private_bus;
+use crate::common;
+use crate::common::btrfs as loop_btrfs;
+use crate::common::bus as private_bus;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! `--skip-invalid`), limits hold at their exact edges, and good data comes
 //! back exactly as it went in.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! nothing may be written twice, and `verify` must pass after every kill
 //! (a torn tail is allowed, a fault is not).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};

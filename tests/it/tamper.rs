@@ -4,7 +4,7 @@
 //!
 //! One chain of several segments is built once and copied for each test.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

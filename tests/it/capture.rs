@@ -3,9 +3,7 @@
 //! overflow. Under `drop`, every emitted signal is either in the chain or
 //! counted in a gap record, exactly; under `block`, every one is in the chain.
 
-mod common;
-#[path = "common/bus.rs"]
-mod private_bus;
+use crate::common::bus as private_bus;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: run the real `op-dbus` binary
 //! against a state dir in a temp folder, write JSON-lines input, parse the
-//! JSON the CLI prints, and walk segment files byte by byte.
-#![allow(dead_code)]
+//! JSON the CLI prints, and walk segment files byte by byte; a private
+//! dbus-daemon (`bus`) and a loop-mounted BTRFS (`btrfs`).
+
+pub mod btrfs;
+pub mod bus;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

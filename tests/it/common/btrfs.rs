@@ -1,7 +1,6 @@
 //! A BTRFS filesystem on a loop device for one test: an image file made
 //! with truncate and mkfs.btrfs, mounted with `mount -o loop` (tests run
 //! as root), unmounted and deleted on drop, also when the test fails.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -35,7 +35,7 @@ fn reference_vectors(reference: &serde_json::Value, key: &str) -> Vec<Vec<f64>> 
 /// an fp32 one does not.
 #[test]
 fn embeddings_match_python_onnxruntime() {
-    let reference: serde_json::Value = serde_json::from_str(include_str!("fixtures/ml_reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(include_str!("../fixtures/ml_reference.json")).unwrap();
     let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     for kind in [ModelKind::MiniLmL6, ModelKind::MiniLmL3, ModelKind::MpNet] {
         for precision in [Precision::Fp32, Precision::Int8] {
@@ -70,7 +70,7 @@ fn embeddings_match_python_onnxruntime() {
 
 #[test]
 fn length_sorted_batches_keep_the_input_order() {
-    let reference: serde_json::Value = serde_json::from_str(include_str!("fixtures/ml_reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(include_str!("../fixtures/ml_reference.json")).unwrap();
     let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     let kind = ModelKind::MiniLmL3;
     let mut e = SentenceModel::load(&model_dir(), kind, 1).unwrap();

@@ -4,7 +4,7 @@
 //! missing or truncated, a burst far above ML speed, and search with its
 //! filters and ordering.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
