@@ -29,6 +29,7 @@ use crate::actors::footprinter::Footprinter;
 use crate::actors::replicator::Replicator;
 use crate::actors::snapshotter::Snapshotter;
 use crate::bus::capture::{open_monitor, run_capture, CaptureConfig, CaptureQueue};
+use crate::bus::mapping::Mapper;
 use crate::bus::rules::Filter;
 use crate::bus::service::{open_service, run_service, ServiceParts};
 use crate::bus::OwnNames;
@@ -248,7 +249,7 @@ pub async fn attach_bus(
             (p.submitter(), bus.address.to_string(), own.clone(), limits.max_data_bytes);
         let health = p.health.clone();
         let ingest = runtime::start(queue.clone(), move || {
-            DbusIngest::new(submitter, filter, own, label, max_data, creds).watched_by(health)
+            DbusIngest::new(submitter, Mapper::new(filter, own, label, max_data), creds).watched_by(health)
         });
         let parts = p.bus.as_mut().expect("set above");
         parts.capture_stop = Some(stop);

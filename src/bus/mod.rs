@@ -4,6 +4,7 @@
 //! [`DbusIngest`](crate::actors::dbus_ingest) actor.
 
 pub mod capture;
+pub mod mapping;
 pub mod names;
 pub mod policy;
 pub mod rules;
