@@ -8,6 +8,7 @@ pub mod chain;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod faults;
 pub mod health;
 pub mod import;
 pub mod index;

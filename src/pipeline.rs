@@ -35,6 +35,7 @@ use crate::bus::service::{open_service, run_service, ServiceParts};
 use crate::bus::OwnNames;
 use crate::chain::{ChainStore, Recovery};
 use crate::config::{BusConfig, Config, ServiceConfig};
+pub use crate::faults::Faults;
 use crate::health::Health;
 use crate::index::Index;
 use crate::layout::Layout;
@@ -44,17 +45,6 @@ use crate::runtime::edge::edge;
 use crate::runtime::{self, Running, Stage};
 use crate::storage::retention::Interval;
 use crate::storage::snapshot::SnapshotMeta;
-
-/// Failures to inject, for the supervision tests. Empty in production.
-#[derive(Clone, Debug, Default)]
-pub struct Faults {
-    /// Fail the n-th chain append half-way through its write.
-    pub chain_append: Option<u64>,
-    /// Fail the n-th index batch.
-    pub index_batch: Option<u64>,
-    /// Make every commit take at least this long (a slow disk).
-    pub commit_delay: Option<Duration>,
-}
 
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -70,6 +60,7 @@ pub struct PipelineConfig {
     pub index_sync_interval: Duration,
     pub snapshot: crate::config::SnapshotConfig,
     pub replicas: Vec<crate::storage::replicate::ReplicaConfig>,
+    /// Empty unless built with the `faults` feature (tests).
     pub faults: Faults,
 }
 
@@ -303,9 +294,11 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let index_reader = index.clone();
     // The index is the witness of how far the chain reached.
     let witness = index.head().ok().flatten().map(|h| h.seq + 1);
+    #[cfg_attr(not(feature = "faults"), allow(unused_mut))]
     let (mut store, recovery) = ChainStore::open_with_witness(&cfg.layout, cfg.segment_max_bytes, witness)
         .with_context(|| format!("cannot open the chain in {}", cfg.layout.timing.display()))?;
-    if let Some(n) = cfg.faults.chain_append {
+    #[cfg(feature = "faults")]
+    if let Some(n) = cfg.faults.chain_append() {
         store.inject_failure_at_append(n);
     }
     let health = Arc::new(Health::default());
@@ -332,12 +325,12 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
     let writer_index = index.clone();
     let cache_indexer = {
         let (layout, health, sync, fail) =
-            (cfg.layout.clone(), health.clone(), cfg.index_sync_interval, cfg.faults.index_batch);
+            (cfg.layout.clone(), health.clone(), cfg.index_sync_interval, cfg.faults.index_batch());
         runtime::start(index_rx, move || CacheIndexer::new(index, layout, health, sync, done_tx, fail))
     };
     let chain_writer = {
         let (health, max_batch, max_wait, delay) =
-            (health.clone(), cfg.max_batch, cfg.max_wait, cfg.faults.commit_delay);
+            (health.clone(), cfg.max_batch, cfg.max_wait, cfg.faults.commit_delay());
         let subscribers: Vec<_> = std::iter::once(index_tx).chain(snap_tx).collect();
         runtime::start(chain_rx, move || {
             ChainWriter::new(store, subscribers, max_batch, max_wait, health)

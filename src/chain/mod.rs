@@ -30,6 +30,7 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("chain is corrupt at seq {seq} ({kind}): {detail}; run `op-dbus verify` for the full report")]
     Corrupt { seq: u64, kind: &'static str, detail: String },
+    #[cfg(feature = "faults")]
     #[error("injected failure: {0}")]
     Injected(&'static str),
 }
@@ -137,6 +138,7 @@ pub struct ChainStore {
     head: Head,
     buf: Vec<u8>,
     /// Test hook: fail the n-th append after writing half of it.
+    #[cfg(feature = "faults")]
     fail_at_append: Option<u64>,
     appends: u64,
 }
@@ -210,6 +212,7 @@ impl ChainStore {
             vectors: BTreeMap::new(),
             head,
             buf: Vec::with_capacity(1 << 20),
+            #[cfg(feature = "faults")]
             fail_at_append: None,
             appends: 0,
         };
@@ -233,7 +236,8 @@ impl ChainStore {
     }
 
     /// Makes the `n`-th call to [`append`](Self::append) from now fail after
-    /// writing part of its batch (used by supervision tests).
+    /// writing part of its batch (the `faults` feature, for tests).
+    #[cfg(feature = "faults")]
     pub fn inject_failure_at_append(&mut self, n: u64) {
         self.fail_at_append = Some(self.appends + n);
     }
@@ -325,6 +329,7 @@ impl ChainStore {
             vf.file.write_all(vb).map_err(io_err(&vf.path))?;
             vf.file.sync_data().map_err(io_err(&vf.path))?;
         }
+        #[cfg(feature = "faults")]
         if self.fail_at_append == Some(self.appends) {
             let half = self.buf.len() / 2;
             self.file.write_all(&self.buf[..half]).map_err(io_err(&self.path))?;
