@@ -87,13 +87,17 @@ impl Drop for Daemon {
     }
 }
 
-/// Collects BlocksAppended (first, last) ranges until `stop`.
+/// Collects BlocksAppended (first, last) ranges until `stop`, keeping the
+/// highest `last` seen plus one in `covered`. Returns once its match rule
+/// is in place on the bus, so that no signal sent after is missed.
 fn listen_blocks_appended(
     address: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    covered: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
     use futures_util::StreamExt;
-    std::thread::spawn(move || {
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let listener = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let conn = zbus::connection::Builder::address(address.as_str()).build().await.unwrap();
@@ -103,7 +107,9 @@ fn listen_blocks_appended(
                 .member("BlocksAppended")
                 .build()
                 .unwrap();
+            // Returns once the bus has answered the AddMatch.
             let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, None).await.unwrap();
+            ready_tx.send(()).unwrap();
             let mut out = Vec::new();
             loop {
                 tokio::select! {
@@ -111,6 +117,7 @@ fn listen_blocks_appended(
                         let m = m.unwrap().unwrap();
                         let (first, last, _hash): (u64, u64, String) = m.body().deserialize().unwrap();
                         out.push((first, last));
+                        covered.fetch_max(last + 1, std::sync::atomic::Ordering::AcqRel);
                     }
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {
                         if stop.load(std::sync::atomic::Ordering::Acquire) {
@@ -120,7 +127,9 @@ fn listen_blocks_appended(
                 }
             }
         })
-    })
+    });
+    ready.recv_timeout(Duration::from_secs(20)).expect("the BlocksAppended listener did not subscribe");
+    listener
 }
 
 fn http_get(port: u16, path: &str) -> String {
@@ -276,27 +285,29 @@ fn feed_is_coalesced_and_its_own_traffic_is_never_recorded() {
     let cfg = "[bus]\nmethod_calls = true\nmethod_returns = true\nerrors = true\n[service]\nsignal_rate = 5\n";
     let d = Daemon::start(&bus, &dir.path().join("state"), cfg);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let listener = listen_blocks_appended(bus.address.clone(), stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    let covered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = listen_blocks_appended(bus.address.clone(), stop.clone(), covered.clone());
     let started = Instant::now();
     bus.emit(&["load", "--count", "3000", "--rate", "3000"]);
     for _ in 0..3 {
         let _ = call_head(&bus);
     }
     let blocks = d.wait_log("3000 ticks", |b| b.iter().filter(|x| x["plugin_id"] == "org.opdbus.Load").count() >= 3000);
-    std::thread::sleep(Duration::from_millis(600));
-    let elapsed = started.elapsed().as_secs_f64();
+    let last_tick = blocks.iter().rfind(|x| x["plugin_id"] == "org.opdbus.Load").unwrap()["seq"].as_u64().unwrap();
+    // The feed's last signal (coalesced, at most 5/s) covers the last tick.
+    common::wait_until("BlocksAppended up to the last tick", Duration::from_secs(10), || {
+        covered.load(std::sync::atomic::Ordering::Acquire) > last_tick
+    });
     stop.store(true, std::sync::atomic::Ordering::Release);
     let ranges = listener.join().unwrap();
+    // Every signal counted arrived before now.
+    let elapsed = started.elapsed().as_secs_f64();
     assert!(!ranges.is_empty(), "no BlocksAppended seen");
     assert!(ranges.len() as f64 <= elapsed * 5.0 + 2.0, "{} signals in {elapsed:.1}s exceeds 5/s", ranges.len());
     for w in ranges.windows(2) {
         assert_eq!(w[1].0, w[0].1 + 1, "ranges are contiguous: {ranges:?}");
     }
-    assert!(
-        ranges.last().unwrap().1
-            >= blocks.iter().rfind(|x| x["plugin_id"] == "org.opdbus.Load").unwrap()["seq"].as_u64().unwrap()
-    );
+    assert!(ranges.last().unwrap().1 >= last_tick);
     // None of op-dbus's own traffic: no feed signal, no call to or reply from
     // the service, no lookups its resolver made.
     let all = d.log();
@@ -453,10 +464,11 @@ fn read_methods_answer_from_the_chain() {
     let bus = Bus::start(&dir.path().join("bus"));
     let d = Daemon::start(&bus, &dir.path().join("state"), "");
     bus.emit(&["sample"]);
+    // All six systemd1 signals of the sample (JobRemoved and
+    // PropertiesChanged for three units), so that the two newest, which
+    // Query answers below, are in `blocks`.
     let blocks =
-        d.wait_log("the sample", |b| b.iter().filter(|x| x["plugin_id"] == "org.freedesktop.systemd1").count() >= 3);
-    std::thread::sleep(Duration::from_millis(300));
-    let blocks = d.log().into_iter().take(blocks.len()).collect::<Vec<_>>();
+        d.wait_log("the sample", |b| b.iter().filter(|x| x["plugin_id"] == "org.freedesktop.systemd1").count() >= 6);
 
     let (seq, hash): (u64, String) = call(&bus, "Head", &()).unwrap();
     assert!(seq as usize + 1 >= blocks.len());

@@ -100,6 +100,7 @@ fn kill_nine_during_import_loses_nothing_acknowledged() {
             s
         });
 
+        // The kill lands at a random point of the import (not a wait).
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL; harmless if it already exited
         let status = child.wait().unwrap();

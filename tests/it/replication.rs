@@ -214,16 +214,18 @@ fn rotation_keeps_the_parent_a_replica_needs() {
 fn the_daemon_replicates_its_snapshots() {
     let s = setup("[[replica]]\nname = \"b\"\ndir = \"{B}/replica\"\n", "[snapshot]\ninterval = \"per-op\"\n");
     let bus = private_bus::Bus::start(&s.root.join("bus"));
+    let port = common::free_port();
     let mut d = Command::new(env!("CARGO_BIN_EXE_op-dbus"))
         .arg("--config")
         .arg(&s.cfg)
         .arg("--state-dir")
         .arg(&s.state)
-        .args(["run", "--no-metrics", "--no-service", "--bus", &bus.address])
+        .args(["run", "--no-service", "--bus", &bus.address])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
         .env("OP_DBUS_LOG", "warn")
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    common::wait_recording(&mut d, port);
     bus.emit(&["load", "--count", "500"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let acked = loop {

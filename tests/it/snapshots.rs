@@ -247,14 +247,19 @@ fn timed_snapshots_run_from_a_timer_and_one_is_taken_at_shutdown() {
     let system = actix_rt::System::new();
     let (during, final_head) = system.block_on(async {
         let p = timed_pipeline(&state, Duration::from_millis(300));
+        let mut last_event = 0;
         for i in 0..50 {
-            p.submit(vec![event(i)]).await.unwrap();
+            last_event = p.submit(vec![event(i)]).await.unwrap().last_seq;
         }
         // Nothing arrives now; the timer still fires, once for what is new,
         // then finds nothing new (a snapshot's own record is not news).
-        tokio::time::sleep(Duration::from_millis(1000)).await;
         let layout = op_dbus::layout::Layout::new(&state, None);
-        let during = op_dbus::storage::snapshot::list(&layout);
+        let during = common::wait_for_async("a timed snapshot of all 50 events", Duration::from_secs(30), || {
+            let l = op_dbus::storage::snapshot::list(&layout);
+            l.last().is_some_and(|s| s.head_seq >= last_event).then_some(l)
+        })
+        .await;
+        // Three idle ticks: what must not happen has no condition to wait on.
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(op_dbus::storage::snapshot::list(&layout), during, "idle ticks took snapshots of nothing new");
         let last = p.submit(vec![event(99)]).await.unwrap();
@@ -278,10 +283,12 @@ fn timed_snapshots_run_from_a_timer_and_one_is_taken_at_shutdown() {
 }
 
 fn daemon(state: &Path, bus: &private_bus::Bus, interval: &str) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_op-dbus"))
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_op-dbus"))
         .args(["--config", "/dev/null", "--state-dir"])
         .arg(state)
-        .args(["run", "--no-metrics", "--no-service", "--bus", &bus.address])
+        .args(["run", "--no-service", "--bus", &bus.address])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
         .env("OPDBUS_SNAPSHOT_INTERVAL", interval)
         .env("OP_DBUS_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -289,12 +296,7 @@ fn daemon(state: &Path, bus: &private_bus::Bus, interval: &str) -> std::process:
         .spawn()
         .unwrap();
     // Recording once its chain exists and the bus sees its monitor.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !state.join("@timing").exists() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    common::wait_recording(&mut child, port);
     child
 }
 
@@ -315,6 +317,7 @@ fn per_op_snapshots_follow_commits_and_all_verify() {
     let mut d = Kill(daemon(&state, &bus, "per-op"));
     for _ in 0..5 {
         bus.emit(&["load", "--count", "200", "--rate", "2000"]);
+        // Paces the bursts apart (not a wait for anything).
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
@@ -345,6 +348,7 @@ fn after_kill_nine_under_load_every_snapshot_verifies() {
             .spawn()
             .unwrap();
         let mut emitter = Kill(emitter);
+        // Load for a while, then kill at a different point each round.
         std::thread::sleep(std::time::Duration::from_millis(700 + round * 300));
         unsafe { libc::kill(d.0.id() as i32, libc::SIGKILL) };
         let _ = d.0.wait();
@@ -377,6 +381,7 @@ fn requested_and_timed_snapshots_never_duplicate_a_head() {
         for i in 0..40u64 {
             p.submit(vec![event(i)]).await.unwrap();
             let _ = p.snapshot_now().await.unwrap();
+            // Paces the requests so that the 20 ms timer fires among them.
             tokio::time::sleep(Duration::from_millis(7)).await;
         }
         p.shutdown(Duration::from_secs(60)).await.unwrap();

@@ -26,9 +26,11 @@ impl Bus {
     pub fn kill(&mut self) {
         if self.pid > 0 {
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            // Reap or wait until it is gone (it is not our child: it forked).
+            // Wait until it is gone (it is not our child: it forked, so
+            // whoever adopted it reaps it, maybe only later: a zombie has
+            // closed its socket and counts as gone).
             let deadline = Instant::now() + Duration::from_secs(5);
-            while unsafe { libc::kill(self.pid, 0) } == 0 && Instant::now() < deadline {
+            while alive(self.pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.pid = 0;
@@ -48,6 +50,18 @@ impl Bus {
     pub fn emit(&self, args: &[&str]) {
         let out = Command::new(EMIT).args(["--bus", &self.address]).args(args).output().unwrap();
         assert!(out.status.success(), "emit {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) state ...", comm may hold spaces.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
     }
 }
 

@@ -6,9 +6,10 @@
 pub mod btrfs;
 pub mod bus;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -293,6 +294,88 @@ pub fn xor_byte(path: &Path, pos: usize, mask: u8) {
     let mut b = std::fs::read(path).unwrap();
     b[pos] ^= mask;
     std::fs::write(path, b).unwrap();
+}
+
+/// Polls `probe` until it returns `Some`, and returns that; panics naming
+/// `what` once `timeout` has passed. The probe runs at once, then after
+/// pauses growing from 10 ms to 200 ms: a wait for a condition, never a
+/// guess of how long it takes.
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Polls `cond` until it holds (see `wait_for`).
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for(what, timeout, || cond().then_some(()))
+}
+
+/// `wait_for` inside an async test: it pauses with tokio's timer, so that
+/// the runtime's other tasks (the pipeline's actors) go on meanwhile.
+pub async fn wait_for_async<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a daemon's
+/// `--metrics-listen`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET /health` on 127.0.0.1:`port`: the whole response, or `None` while
+/// nothing answers (within a second).
+fn get_health(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(s, "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// Waits until a daemon started with `--metrics-listen 127.0.0.1:PORT`
+/// records: it answers `/health` only once its pipeline runs and its bus
+/// monitor (and service, if any) are attached. Panics if the daemon exits
+/// first, does not answer in time or reports itself unhealthy (and then
+/// kills it, so that it does not hold the state dir or a mount).
+#[track_caller]
+pub fn wait_recording(daemon: &mut Child, port: u16) {
+    struct KillOnPanic<'a>(&'a mut Child);
+    impl Drop for KillOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let guard = KillOnPanic(daemon);
+    let health = wait_for("the daemon to answer /health", Duration::from_secs(30), || {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            panic!("the daemon exited at start-up: {status}");
+        }
+        get_health(port)
+    });
+    assert!(health.starts_with("HTTP/1.0 200"), "the daemon is not healthy:\n{health}");
 }
 
 /// Deterministic PRNG (SplitMix64): the tests must be reproducible.
