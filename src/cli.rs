@@ -530,9 +530,7 @@ fn snapshot_now(cfg: &Config, bus: Option<&str>) -> Result<u8, Failure> {
             drop(lock);
             let system = actix_rt::System::new();
             let r: anyhow::Result<Option<crate::storage::snapshot::SnapshotMeta>> = system.block_on(async {
-                let mut pc = crate::pipeline::PipelineConfig::new(cfg);
-                pc.snapshot.interval = crate::storage::retention::Interval::Off;
-                let p = spawn_pipeline(pc)?;
+                let p = spawn_pipeline(crate::pipeline::PipelineConfig::one_shot(cfg))?;
                 let r = p.snapshot_now().await.map_err(|e| anyhow::anyhow!(e));
                 p.shutdown(cfg.shutdown_deadline).await?;
                 r
@@ -677,9 +675,7 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
     let outcome: anyhow::Result<(ReadOutcome, u64, Option<crate::messages::Committed>, bool)> =
         system.block_on(async move {
             // An import is not the daemon: it takes no snapshots.
-            let mut pc = crate::pipeline::PipelineConfig::new(&cfg);
-            pc.snapshot.interval = crate::storage::retention::Interval::Off;
-            let pipeline = spawn_pipeline(pc)?;
+            let pipeline = spawn_pipeline(crate::pipeline::PipelineConfig::one_shot(&cfg))?;
             if pipeline.recovery.cut_bytes > 0 {
                 eprintln!(
                     "op-dbus: recovered: cut {} bytes of an interrupted write at the end of the chain",

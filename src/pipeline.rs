@@ -82,6 +82,17 @@ impl PipelineConfig {
             faults: Default::default(),
         }
     }
+
+    /// For a command that writes and exits (`import`, `snapshot now`): no
+    /// timed snapshots and no Replicator. A Replicator in a command that
+    /// runs longer than its 1 s tick sent the newest snapshot behind the
+    /// operator's back, so the next `replicate` found nothing to do.
+    pub fn one_shot(c: &Config) -> PipelineConfig {
+        let mut pc = PipelineConfig::new(c);
+        pc.snapshot.interval = Interval::Off;
+        pc.replicas.clear();
+        pc
+    }
 }
 
 /// The stages' threads, joined at shutdown; the Snapshotter's address
