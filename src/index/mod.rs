@@ -101,6 +101,27 @@ fn seq_from_tail(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"))
 }
 
+/// Opens the LMDB environment in `path`: the one place op-dbus opens
+/// LMDB, for the index and for the embedding cache (`ml::cache`). Both are
+/// derived data under `@cache`, so both run `NO_SYNC` (a crash loses at
+/// most what the next start rebuilds) and `NO_READ_AHEAD` (lookups read
+/// single pages).
+pub fn open_env(path: &Path, map_size: usize, max_dbs: u32) -> heed::Result<Env> {
+    let mut opts = EnvOpenOptions::new();
+    opts.map_size(map_size).max_dbs(max_dbs);
+    // SAFETY: heed's flags and open are unsafe because the memory map must
+    // not be modified behind LMDB's back. Only op-dbus opens these
+    // directories, through this function, once per process; concurrent
+    // processes (the daemon and a CLI reader) coordinate through LMDB's own
+    // lock file, which we never touch, and the directories are never on a
+    // network filesystem (they live in the state dir). NO_SYNC is safe for
+    // derived data (see the module comment).
+    unsafe {
+        opts.flags(EnvFlags::NO_SYNC | EnvFlags::NO_READ_AHEAD);
+    }
+    unsafe { opts.open(path) }
+}
+
 impl Index {
     /// Opens (creating if needed) the index in `dir`.
     pub fn open(dir: &Path) -> Result<Index, IndexError> {
@@ -133,25 +154,13 @@ impl Index {
         let path = dir.join("index");
         std::fs::create_dir_all(&path).map_err(|source| IndexError::Io { path: path.clone(), source })?;
         let lmdb = |source| IndexError::Lmdb { path: path.clone(), source };
-        let mut opts = EnvOpenOptions::new();
         // Start at least as large as the file already is, or LMDB refuses it.
         let existing = std::fs::metadata(path.join("data.mdb")).map(|m| m.len() as usize).unwrap_or(0);
         let mut map_size = initial_map_size;
         while map_size < existing * 2 {
             map_size *= 2;
         }
-        opts.map_size(map_size).max_dbs(8);
-        // SAFETY: heed's open is unsafe because the memory map must not be
-        // modified behind LMDB's back. Only op-dbus opens this directory,
-        // through this function; concurrent processes (the daemon and a CLI
-        // reader) coordinate through LMDB's own lock file, which we never
-        // touch, and the directory is never on a network filesystem (it
-        // lives in the state dir). NO_SYNC is safe for derived data: see the
-        // module comment. NO_READAHEAD: lookups read single pages.
-        unsafe {
-            opts.flags(EnvFlags::NO_SYNC | EnvFlags::NO_READ_AHEAD);
-        }
-        let env = unsafe { opts.open(&path) }.map_err(lmdb)?;
+        let env = open_env(&path, map_size, 8).map_err(lmdb)?;
         let mut wtxn = env.write_txn().map_err(lmdb)?;
         let meta = env.create_database(&mut wtxn, Some("meta")).map_err(lmdb)?;
         let names = env.create_database(&mut wtxn, Some("names")).map_err(lmdb)?;

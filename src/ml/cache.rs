@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use heed::types::{Bytes, Str};
-use heed::{Database, Env, EnvFlags, EnvOpenOptions};
+use heed::{Database, Env};
 use sha2::{Digest, Sha256};
 
 const MAP_SIZE: usize = 16 << 30;
@@ -83,16 +83,8 @@ impl EmbedCache {
     fn open_at(path: &Path, max_entries: u64) -> Result<EmbedCache, CacheError> {
         let err = |e: &dyn std::fmt::Display| CacheError { path: path.to_path_buf(), detail: e.to_string() };
         std::fs::create_dir_all(path).map_err(|e| err(&e))?;
-        let mut opts = EnvOpenOptions::new();
-        opts.map_size(MAP_SIZE).max_dbs(4);
-        // SAFETY: as for the index (src/index.rs): only op-dbus opens this
-        // directory, once per process, through this function; processes
-        // coordinate through LMDB's own lock file; it is derived data, so
-        // NO_SYNC only risks losing cached vectors, which are recomputed.
-        unsafe {
-            opts.flags(EnvFlags::NO_SYNC | EnvFlags::NO_READ_AHEAD);
-        }
-        let env = unsafe { opts.open(path) }.map_err(|e| err(&e))?;
+        // NO_SYNC (crate::index::open_env) only risks losing cached vectors, which are recomputed.
+        let env = crate::index::open_env(path, MAP_SIZE, 4).map_err(|e| err(&e))?;
         let mut wtxn = env.write_txn().map_err(|e| err(&e))?;
         let gen0 = env.create_database(&mut wtxn, Some("gen0")).map_err(|e| err(&e))?;
         let gen1 = env.create_database(&mut wtxn, Some("gen1")).map_err(|e| err(&e))?;

@@ -16,6 +16,7 @@
 //! less than 1e-4 (tested); the query stays in f32, so scores are exact
 //! dot products with the stored vectors.
 
+use memmap2::{Mmap, MmapOptions};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -178,7 +179,7 @@ impl StoreReader {
         if size < HEADER_LEN {
             return Ok(None);
         }
-        let map = Mmap::map(&file, size as usize).map_err(io_err(&path))?;
+        let map = map(&file, size as usize).map_err(io_err(&path))?;
         let (_, dims) = crate::chain::reader::check_header(&map[..HEADER_LEN as usize], STORE_MAGIC)
             .map_err(|e| StoreError::Bad { path: path.clone(), detail: e.into() })?;
         let dims = dims as usize;
@@ -345,49 +346,17 @@ fn dot_i8_generic(q: &[f32], x: &[u8]) -> f32 {
     sum
 }
 
-/// A read-only shared memory map of a file's first `len` bytes.
-struct Mmap {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned; sharing `&[u8]` across
-// threads is sound.
-unsafe impl Send for Mmap {}
-unsafe impl Sync for Mmap {}
-
-impl Mmap {
-    fn map(file: &File, len: usize) -> io::Result<Mmap> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh read-only private mapping of an open file; the
-        // pointer is checked for MAP_FAILED. The store is append-only: its
-        // one writer never changes bytes below the length mapped here,
-        // except when cutting a crash's tail at open, which is past any
-        // vector a reader counts (it stops at holes).
-        let ptr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mmap { ptr, len })
-    }
-}
-
-impl std::ops::Deref for Mmap {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: ptr..ptr+len is mapped readable for the life of self.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped, once.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
-    }
+/// Maps a store's first `len` bytes, read-only.
+fn map(file: &File, len: usize) -> io::Result<Mmap> {
+    // SAFETY: a read-only shared mapping (memmap2 maps MAP_SHARED, so pages
+    // are the page cache's; nothing is copied). The contract memmap2 asks
+    // us to keep is that the mapped bytes do not change or vanish while
+    // mapped. They do not: the store is append-only, its one writer never
+    // rewrites a byte below the length mapped here, and the one truncation
+    // (cutting a crash's torn tail when the writer opens the store) happens
+    // before any reader in this process maps it and past any vector a
+    // reader in another process counts (a reader stops at holes).
+    unsafe { MmapOptions::new().len(len).map(file) }
 }
 
 #[cfg(test)]
