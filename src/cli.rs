@@ -379,7 +379,7 @@ fn run(cfg: Config) -> Result<u8, Failure> {
         if let Err(e) = attach_bus(&mut pipeline, &cfg.bus, &cfg.service, limits).await {
             // Nothing was recorded from the bus yet; close what did start.
             let _ = pipeline.shutdown(cfg.shutdown_deadline).await;
-            return Err(e);
+            return Err(e.into());
         }
         let health = pipeline.health.clone();
         tracing::info!(
@@ -417,7 +417,7 @@ fn run(cfg: Config) -> Result<u8, Failure> {
         tracing::info!("stopping: draining the pipeline");
         pipeline.shutdown(cfg.shutdown_deadline).await?;
         tracing::info!(head = health.chain_height.load(std::sync::atomic::Ordering::Acquire), "stopped cleanly");
-        Ok(())
+        anyhow::Ok(())
     });
     result?;
     Ok(0)
@@ -1120,7 +1120,7 @@ fn embed_cmd(cfg: &Config) -> Result<u8, Failure> {
     use crate::ml::engine::{self, Engine};
     init_tracing();
     let layout = cfg.layout();
-    let _lock = lock_state_dir(&layout)?;
+    let _lock = lock_state_dir(&layout).map_err(anyhow::Error::from)?;
     let ecfg = engine_config(cfg);
     let cache = engine::model_of(cfg.vector_level)
         .and_then(|_| crate::ml::cache::EmbedCache::configured(&layout.cache, cfg.vector.cache_entries));
@@ -1136,7 +1136,8 @@ fn embed_cmd(cfg: &Config) -> Result<u8, Failure> {
     let mut last_report = Instant::now();
     let mut cursor = reader::Cursor::default();
     while store.len() < to {
-        let (n, stats) = crate::ml::worker::step(&layout, &mut cursor, &engine, &mut store, to)?;
+        let (n, stats) =
+            crate::ml::worker::step(&layout, &mut cursor, &engine, &mut store, to).map_err(anyhow::Error::from)?;
         if n == 0 {
             break;
         }
@@ -1168,7 +1169,7 @@ fn embed_cmd(cfg: &Config) -> Result<u8, Failure> {
 fn reindex(cfg: &Config) -> Result<u8, Failure> {
     init_tracing();
     let layout = cfg.layout();
-    let _lock = lock_state_dir(&layout)?;
+    let _lock = lock_state_dir(&layout).map_err(anyhow::Error::from)?;
     let started = Instant::now();
     let index = Index::open_or_reset(&layout.cache).context("cannot open the index")?;
     let indexer = Indexer::rebuild(index, &layout).context("rebuilding the index")?;

@@ -14,11 +14,11 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use anyhow::Context as _;
 use tokio::sync::{oneshot, Notify};
 
 use crate::actors::cache_indexer::CacheIndexer;
@@ -45,6 +45,34 @@ use crate::runtime::edge::edge;
 use crate::runtime::{self, Running, Stage};
 use crate::storage::retention::Interval;
 use crate::storage::snapshot::SnapshotMeta;
+
+/// Why the pipeline, or its bus parts, did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create state dir {}", path.display())]
+    CreateStateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open {}", path.display())]
+    LockFile { path: PathBuf, source: std::io::Error },
+    #[error("{} is in use by another op-dbus process (pid {pid}); stop it or use another --state-dir", dir.display())]
+    InUse { dir: PathBuf, pid: String },
+    #[error("cannot open the index")]
+    Index(#[source] crate::index::IndexError),
+    #[error("cannot open the chain in {}", dir.display())]
+    Chain { dir: PathBuf, source: crate::chain::StoreError },
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error("the capture thread stopped")]
+    CaptureStopped,
+}
+
+/// Why a shutdown did not make everything durable.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error("the pipeline stopped before everything was durable")]
+    Stopped,
+    #[error("the pipeline did not make everything durable within {0:?}")]
+    Deadline(Duration),
+}
 
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -185,7 +213,7 @@ pub async fn attach_bus(
     bus: &BusConfig,
     service: &ServiceConfig,
     limits: crate::import::Limits,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let own = OwnNames::default();
     let service_source = Arc::new(Mutex::new(Some(p.submitter())));
     // Registered before anything can fail, so that `shutdown` stops
@@ -246,7 +274,7 @@ pub async fn attach_bus(
             });
         }
         p.bus.as_mut().expect("set above").capture = Some(capture);
-        opened.await.context("the capture thread stopped")??;
+        opened.await.map_err(|_| StartError::CaptureStopped)??;
         let (submitter, label, own, max_data) =
             (p.submitter(), bus.address.to_string(), own.clone(), limits.max_data_bytes);
         let health = p.health.clone();
@@ -269,45 +297,44 @@ pub struct Locks {
 }
 
 /// Takes the state dir's lock (and the cache dir's): one writer per state dir.
-pub fn lock_state_dir(layout: &Layout) -> anyhow::Result<Locks> {
-    layout.create_dirs().with_context(|| format!("cannot create state dir {}", layout.state_dir.display()))?;
+pub fn lock_state_dir(layout: &Layout) -> Result<Locks, StartError> {
+    layout.create_dirs().map_err(|source| StartError::CreateStateDir { path: layout.state_dir.clone(), source })?;
     let state = lock_dir(&layout.state_dir)?;
     let cache = if layout.cache.starts_with(&layout.state_dir) { None } else { Some(lock_dir(&layout.cache)?) };
     Ok(Locks { _state: state, _cache: cache })
 }
 
-fn lock_dir(dir: &std::path::Path) -> anyhow::Result<File> {
+fn lock_dir(dir: &std::path::Path) -> Result<File, StartError> {
     let path = dir.join("op-dbus.lock");
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+        .map_err(|source| StartError::LockFile { path: path.clone(), source })?;
     if file.try_lock().is_err() {
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
-        anyhow::bail!(
-            "{} is in use by another op-dbus process (pid {}); stop it or use another --state-dir",
-            dir.display(),
-            holder.trim()
-        );
+        return Err(StartError::InUse { dir: dir.to_path_buf(), pid: holder.trim().to_string() });
     }
-    file.set_len(0)?;
-    write!(file, "{}", std::process::id())?;
+    let write_pid = |mut f: &File| -> std::io::Result<()> {
+        f.set_len(0)?;
+        write!(f, "{}", std::process::id())
+    };
+    write_pid(&file).map_err(|source| StartError::LockFile { path, source })?;
     Ok(file)
 }
 
 /// Builds and starts the pipeline. Must run inside an actix `System`.
-pub fn spawn_pipeline(cfg: PipelineConfig) -> anyhow::Result<Pipeline> {
+pub fn spawn_pipeline(cfg: PipelineConfig) -> Result<Pipeline, StartError> {
     let lock = lock_state_dir(&cfg.layout)?;
-    let index = Index::open_or_reset(&cfg.layout.cache).context("cannot open the index")?;
+    let index = Index::open_or_reset(&cfg.layout.cache).map_err(StartError::Index)?;
     let index_reader = index.clone();
     // The index is the witness of how far the chain reached.
     let witness = index.head().ok().flatten().map(|h| h.seq + 1);
     #[cfg_attr(not(feature = "faults"), allow(unused_mut))]
     let (mut store, recovery) = ChainStore::open_with_witness(&cfg.layout, cfg.segment_max_bytes, witness)
-        .with_context(|| format!("cannot open the chain in {}", cfg.layout.timing.display()))?;
+        .map_err(|source| StartError::Chain { dir: cfg.layout.timing.clone(), source })?;
     #[cfg(feature = "faults")]
     if let Some(n) = cfg.faults.chain_append() {
         store.inject_failure_at_append(n);
@@ -450,7 +477,7 @@ impl Pipeline {
     /// Closes the source and waits, at most `deadline`, for every submitted
     /// record to be durable (an error if not) and then for the index to
     /// catch up (a warning if not: it is derived, the next start finishes).
-    pub async fn shutdown(mut self, deadline: Duration) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self, deadline: Duration) -> Result<(), ShutdownError> {
         // Sources first: no new submissions, the capture stops reading and
         // DbusIngest drains its queue, then lets go of its outbox.
         if let Some(bus) = &self.bus {
@@ -494,8 +521,8 @@ impl Pipeline {
                 }
                 Ok(())
             }
-            Ok(Err(_)) => anyhow::bail!("the pipeline stopped before everything was durable"),
-            Err(_) => anyhow::bail!("the pipeline did not make everything durable within {deadline:?}"),
+            Ok(Err(_)) => Err(ShutdownError::Stopped),
+            Err(_) => Err(ShutdownError::Deadline(deadline)),
         }
     }
 }

@@ -72,6 +72,19 @@ impl Burst {
     }
 }
 
+/// Why a chunk was not embedded and stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("cannot read the chain: {0}")]
+    Chain(#[from] crate::chain::StoreError),
+    #[error("chain read returned seq {got} where {expected} was expected")]
+    OutOfOrder { got: u64, expected: u64 },
+    #[error(transparent)]
+    Model(#[from] super::MlError),
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+}
+
 /// Embeds and stores the next chunk below `to`; returns how many blocks.
 /// `cursor` remembers where in the chain the last chunk ended.
 pub fn step(
@@ -80,7 +93,7 @@ pub fn step(
     engine: &Engine,
     store: &mut StoreWriter,
     to: u64,
-) -> anyhow::Result<(u64, EmbedStats)> {
+) -> Result<(u64, EmbedStats), StepError> {
     let from = store.len();
     let max = if engine.is_heuristic() { HEURISTIC_CHUNK } else { CHUNK };
     let blocks = cursor.read(layout, from, to, max)?;
@@ -89,7 +102,7 @@ pub fn step(
     }
     // The store is dense by seq: the chain must hand back exactly from..
     if let Some((i, b)) = blocks.iter().enumerate().find(|(i, b)| b.body.seq != from + *i as u64) {
-        anyhow::bail!("chain read returned seq {} where {} was expected", b.body.seq, from + i as u64);
+        return Err(StepError::OutOfOrder { got: b.body.seq, expected: from + i as u64 });
     }
     let started = Instant::now();
     let mut out = Vec::with_capacity(blocks.len() * super::store::stride(engine.dims()));

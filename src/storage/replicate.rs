@@ -86,32 +86,64 @@ pub struct Sent {
     pub bytes: u64,
 }
 
+/// Why a replica did not get the newest snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error("replication needs BTRFS: these snapshots are copies on a plain filesystem")]
+    NotBtrfs,
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{area}: {source}")]
+    Transfer { area: Area, source: TransferError },
+}
+
+/// Why one area's `send | receive` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("btrfs send: {0}")]
+    StartSend(io::Error),
+    #[error("cannot start the receiver {program:?}: {source}")]
+    StartReceiver { program: std::ffi::OsString, source: io::Error },
+    #[error("reading the send stream: {0}")]
+    Read(io::Error),
+    #[error("{0}")]
+    Wait(io::Error),
+    #[error("the receiver failed ({status}): {stderr}")]
+    Receiver { status: std::process::ExitStatus, stderr: String },
+    #[error("btrfs send failed ({status}): {stderr}")]
+    Send { status: std::process::ExitStatus, stderr: String },
+}
+
 /// Sends the newest snapshot to `replica`, if it does not have it yet.
 /// Updates `progress` (the caller persists it). `Ok(None)`: up to date.
 pub fn replicate_one(
     layout: &Layout,
     replica: &ReplicaConfig,
     progress: &mut ReplicaProgress,
-) -> io::Result<Option<Sent>> {
+) -> Result<Option<Sent>, ReplicateError> {
     let all = snapshot::list(layout);
     let Some(newest) = all.last() else { return Ok(None) };
     if progress.acked.as_deref() == Some(newest.name.as_str()) {
         return Ok(None);
     }
     if newest.kind != "btrfs" {
-        return Err(io::Error::other("replication needs BTRFS: these snapshots are copies on a plain filesystem"));
+        return Err(ReplicateError::NotBtrfs);
     }
     let parent: Option<&SnapshotMeta> =
         progress.acked.as_ref().and_then(|a| all.iter().find(|s| &s.name == a && s.kind == "btrfs"));
     let mut bytes = 0;
     if let Some(dir) = &replica.dir {
         let target = dir.join(&newest.name);
-        fs::create_dir_all(&target)?;
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| ReplicateError::Io { path, source }
+        };
+        fs::create_dir_all(&target).map_err(io(&target))?;
         // Left by an attempt that failed half-way: receive again.
         for area in Area::ALL {
             let dest = target.join(area.dir_name());
             if btrfs::is_subvolume(&dest) {
-                btrfs::delete_subvolume(&dest)?;
+                btrfs::delete_subvolume(&dest).map_err(io(&dest))?;
             }
         }
     }
@@ -127,7 +159,7 @@ pub fn replicate_one(
         }
         send.arg(&src);
         let receive = receiver(replica, &newest.name, area.dir_name());
-        bytes += pipe(send, receive).map_err(|e| io::Error::other(format!("{area}: {e}")))?;
+        bytes += pipe(send, receive).map_err(|source| ReplicateError::Transfer { area, source })?;
     }
     progress.acked = Some(newest.name.clone());
     progress.acked_head_seq = Some(newest.head_seq);
@@ -156,14 +188,14 @@ fn receiver(replica: &ReplicaConfig, snapshot: &str, area: &str) -> Command {
 }
 
 /// Runs `send | receive`, counting the bytes in between; both must succeed.
-fn pipe(mut send: Command, mut receive: Command) -> Result<u64, String> {
-    let mut tx = send.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("btrfs send: {e}"))?;
+fn pipe(mut send: Command, mut receive: Command) -> Result<u64, TransferError> {
+    let mut tx = send.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(TransferError::StartSend)?;
     let mut rx = match receive.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn() {
         Ok(rx) => rx,
         Err(e) => {
             let _ = tx.kill();
             let _ = tx.wait();
-            return Err(format!("cannot start the receiver {:?}: {e}", receive.get_program()));
+            return Err(TransferError::StartReceiver { program: receive.get_program().to_os_string(), source: e });
         }
     };
     let mut out = tx.stdout.take().expect("piped");
@@ -175,7 +207,7 @@ fn pipe(mut send: Command, mut receive: Command) -> Result<u64, String> {
         let n = match out.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) => return Err(format!("reading the send stream: {e}")),
+            Err(e) => return Err(TransferError::Read(e)),
         };
         if let Err(e) = inp.write_all(&buf[..n]) {
             write_error = Some(e);
@@ -187,21 +219,15 @@ fn pipe(mut send: Command, mut receive: Command) -> Result<u64, String> {
     if write_error.is_some() {
         let _ = tx.kill();
     }
-    let tx_out = tx.wait_with_output().map_err(|e| e.to_string())?;
-    let rx_out = rx.wait_with_output().map_err(|e| e.to_string())?;
+    let tx_out = tx.wait_with_output().map_err(TransferError::Wait)?;
+    let rx_out = rx.wait_with_output().map_err(TransferError::Wait)?;
     if !rx_out.status.success() || write_error.is_some() {
-        return Err(format!(
-            "the receiver failed ({}): {}",
-            rx_out.status,
-            String::from_utf8_lossy(&rx_out.stderr).trim()
-        ));
+        let stderr = String::from_utf8_lossy(&rx_out.stderr).trim().to_string();
+        return Err(TransferError::Receiver { status: rx_out.status, stderr });
     }
     if !tx_out.status.success() {
-        return Err(format!(
-            "btrfs send failed ({}): {}",
-            tx_out.status,
-            String::from_utf8_lossy(&tx_out.stderr).trim()
-        ));
+        let stderr = String::from_utf8_lossy(&tx_out.stderr).trim().to_string();
+        return Err(TransferError::Send { status: tx_out.status, stderr });
     }
     Ok(bytes)
 }
@@ -213,14 +239,14 @@ pub fn pass(
     layout: &Layout,
     replicas: &[ReplicaConfig],
     only: Option<&str>,
-) -> Vec<(String, Result<Option<Sent>, String>)> {
+) -> Vec<(String, Result<Option<Sent>, ReplicateError>)> {
     let mut progress = load_progress(layout);
     let mut out = Vec::new();
     for r in replicas.iter().filter(|r| only.is_none_or(|n| n == r.name)) {
         let p = progress.entry(r.name.clone()).or_default();
-        let result = replicate_one(layout, r, p).map_err(|e| e.to_string());
+        let result = replicate_one(layout, r, p);
         if let Err(e) = &result {
-            p.last_error = Some(e.clone());
+            p.last_error = Some(e.to_string());
         }
         out.push((r.name.clone(), result));
         if let Err(e) = save_progress(layout, &progress) {
