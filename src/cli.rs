@@ -362,7 +362,7 @@ pub fn init_tracing() {
 fn run(cfg: Config) -> Result<u8, Failure> {
     init_tracing();
     raise_fd_limit();
-    let handle = if cfg.metrics_enabled { Some(crate::metrics::install()?) } else { None };
+    let handle = if cfg.metrics_enabled { Some(crate::metrics::install().map_err(anyhow::Error::from)?) } else { None };
     let system = actix_rt::System::new();
     let result: anyhow::Result<()> = system.block_on(async move {
         // Bound first, so that a taken port fails start-up before anything
