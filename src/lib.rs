@@ -9,8 +9,8 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod health;
-pub mod import;
 pub mod index;
+pub mod input;
 pub mod layout;
 pub mod messages;
 pub mod metrics;
@@ -19,3 +19,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod storage;
 pub mod vector;
+
+/// The line format's former path, until `import` is a module of its own again.
+pub use input as import;

@@ -159,7 +159,7 @@ pub async fn attach_bus(
     p: &mut Pipeline,
     bus: &BusConfig,
     service: &ServiceConfig,
-    limits: crate::import::Limits,
+    limits: crate::input::Limits,
 ) -> anyhow::Result<()> {
     let own = OwnNames::default();
     let service_source = Arc::new(Mutex::new(Some(p.source())));

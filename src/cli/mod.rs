@@ -14,10 +14,10 @@ use serde_json::json;
 use crate::chain::{reader, verify};
 use crate::codec::{hex, parse_hex_hash};
 use crate::config::{Config, ConfigError, Overrides};
-use crate::import::{self, Limits, LineReader, ReadLine};
 use crate::index::indexer::Indexer;
 use crate::index::query::{self, Filter};
 use crate::index::Index;
+use crate::input::{self, Limits, LineReader, ReadLine};
 use crate::layout::Layout;
 use crate::messages::RawEventBatch;
 use crate::pipeline::{attach_bus, lock_state_dir, spawn_pipeline};
@@ -728,7 +728,7 @@ fn import(cfg: Config, args: &ImportArgs) -> Result<u8, Failure> {
                         }
                         Ok(ReadLine::Line(l)) => {
                             batch_bytes += l.len();
-                            import::parse_line(l, limits, now).map_err(|e| e.to_string())
+                            input::parse_line(l, limits, now).map_err(|e| e.to_string())
                         }
                     };
                     out.lines = lines.line_no;
