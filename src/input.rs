@@ -1,4 +1,7 @@
-//! Parsing `op-dbus import` input: one JSON object per line.
+//! What a source hands in, checked before it becomes an event: the JSON
+//! lines of `op-dbus import` (one object per line), the checks every
+//! submitted event passes (D-Bus `Submit` too), and the bounded line reader.
+//! The import itself (reading, batching, acks) is [`crate::import`].
 //!
 //! Fields: `plugin_id` (string, required), `operation` (string, required),
 //! `data` (any JSON, required; `null` is allowed), `timestamp` (RFC 3339

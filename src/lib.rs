@@ -8,17 +8,18 @@ pub mod chain;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod daemon;
 pub mod health;
+pub mod import;
 pub mod index;
 pub mod input;
 pub mod layout;
+pub mod maintenance;
 pub mod messages;
 pub mod metrics;
 pub mod ml;
 pub mod pipeline;
 pub mod runtime;
+pub mod status;
 pub mod storage;
 pub mod vector;
-
-/// The line format's former path, until `import` is a module of its own again.
-pub use input as import;

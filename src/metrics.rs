@@ -126,7 +126,7 @@ pub fn describe() {
 
 /// Installs the global recorder. Histograms are exported as summaries with
 /// fixed quantiles (no per-bucket series).
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe();
     Ok(handle)

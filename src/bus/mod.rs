@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod names;
 pub mod policy;
+pub mod proxy;
 pub mod rules;
 pub mod service;
 

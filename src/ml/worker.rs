@@ -72,6 +72,18 @@ impl Burst {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Chain(#[from] crate::chain::StoreError),
+    #[error("chain read returned seq {got} where {expected} was expected")]
+    OutOfOrder { got: u64, expected: u64 },
+    #[error(transparent)]
+    Embed(#[from] super::MlError),
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+}
+
 /// Embeds and stores the next chunk below `to`; returns how many blocks.
 /// `cursor` remembers where in the chain the last chunk ended.
 pub fn step(
@@ -80,7 +92,7 @@ pub fn step(
     engine: &Engine,
     store: &mut StoreWriter,
     to: u64,
-) -> anyhow::Result<(u64, EmbedStats)> {
+) -> Result<(u64, EmbedStats), StepError> {
     let from = store.len();
     let max = if engine.is_heuristic() { HEURISTIC_CHUNK } else { CHUNK };
     let blocks = cursor.read(layout, from, to, max)?;
@@ -89,7 +101,7 @@ pub fn step(
     }
     // The store is dense by seq: the chain must hand back exactly from..
     if let Some((i, b)) = blocks.iter().enumerate().find(|(i, b)| b.body.seq != from + *i as u64) {
-        anyhow::bail!("chain read returned seq {} where {} was expected", b.body.seq, from + i as u64);
+        return Err(StepError::OutOfOrder { got: b.body.seq, expected: from + i as u64 });
     }
     let started = Instant::now();
     let mut out = Vec::with_capacity(blocks.len() * super::store::stride(engine.dims()));
@@ -100,6 +112,82 @@ pub fn step(
     metrics::counter!(m::VECTOR_CACHE_HITS).increment(stats.hits);
     metrics::counter!(m::VECTOR_CACHE_MISSES).increment(stats.misses);
     Ok((blocks.len() as u64, stats))
+}
+
+/// How often [`backfill`] reports progress, at most.
+const BACKFILL_PROGRESS: Duration = Duration::from_secs(5);
+
+/// What a backfill did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backfill {
+    /// The model whose store was filled.
+    pub model: String,
+    /// Blocks embedded now.
+    pub blocks: u64,
+    /// Blocks with a vector of `model` now.
+    pub stored: u64,
+    /// The chain's length when the backfill started (how far it filled).
+    pub chain: u64,
+    /// Texts found in the embedding cache, and not.
+    pub hits: u64,
+    pub misses: u64,
+    pub seconds: f64,
+    /// Why the level's model did not load, if `model` is the fallback.
+    pub fallback: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("cannot open the search vector store")]
+    Store(#[source] super::store::StoreError),
+    #[error(transparent)]
+    Chain(#[from] crate::chain::StoreError),
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error("cannot sync the embedding cache")]
+    Cache(#[source] super::cache::CacheError),
+}
+
+/// Fills `engine`'s store from the chain up to its current end, in the
+/// foreground (`embed --backfill`; the caller holds the writer's lock, so
+/// no worker writes the store meanwhile). `progress(stored, chain)` is
+/// called at most every 5 s.
+pub fn backfill(
+    layout: &Layout,
+    engine: &Engine,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Backfill, BackfillError> {
+    let mut store = StoreWriter::open(layout, engine.id(), engine.dims()).map_err(BackfillError::Store)?;
+    let to = crate::chain::reader::read_head(layout)?.next_seq;
+    let (from, started) = (store.len(), Instant::now());
+    let (mut hits, mut misses) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    let mut cursor = Cursor::default();
+    while store.len() < to {
+        let (n, stats) = step(layout, &mut cursor, engine, &mut store, to)?;
+        if n == 0 {
+            break;
+        }
+        hits += stats.hits;
+        misses += stats.misses;
+        if last_report.elapsed() >= BACKFILL_PROGRESS {
+            progress(store.len(), to);
+            last_report = Instant::now();
+        }
+    }
+    if let Some(c) = engine.cache() {
+        c.sync().map_err(BackfillError::Cache)?;
+    }
+    Ok(Backfill {
+        model: engine.id().to_string(),
+        blocks: store.len() - from,
+        stored: store.len(),
+        chain: to,
+        hits,
+        misses,
+        seconds: started.elapsed().as_secs_f64(),
+        fallback: engine.fallback().map(str::to_string),
+    })
 }
 
 /// Lowers the calling thread (and the threads it creates later, such as

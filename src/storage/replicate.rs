@@ -213,14 +213,14 @@ pub fn pass(
     layout: &Layout,
     replicas: &[ReplicaConfig],
     only: Option<&str>,
-) -> Vec<(String, Result<Option<Sent>, String>)> {
+) -> Vec<(String, io::Result<Option<Sent>>)> {
     let mut progress = load_progress(layout);
     let mut out = Vec::new();
     for r in replicas.iter().filter(|r| only.is_none_or(|n| n == r.name)) {
         let p = progress.entry(r.name.clone()).or_default();
-        let result = replicate_one(layout, r, p).map_err(|e| e.to_string());
+        let result = replicate_one(layout, r, p);
         if let Err(e) = &result {
-            p.last_error = Some(e.clone());
+            p.last_error = Some(e.to_string());
         }
         out.push((r.name.clone(), result));
         if let Err(e) = save_progress(layout, &progress) {
@@ -228,4 +228,39 @@ pub fn pass(
         }
     }
     out
+}
+
+/// What one replica got in a pass.
+#[derive(Debug)]
+pub struct ReplicaOutcome {
+    pub name: String,
+    /// `Ok(None)`: it was up to date; `Err`: what failed (also kept in
+    /// `replication.json` as its `last_error`).
+    pub result: io::Result<Option<Sent>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error("no [[replica]] in the configuration")]
+    NoReplicas,
+    #[error("no replica named {0:?} in the configuration")]
+    UnknownReplica(String),
+}
+
+/// `op-dbus replicate`: one [`pass`] over the configured replicas (or only
+/// the one called `only`), refusing a configuration without them.
+pub fn replicate(
+    layout: &Layout,
+    replicas: &[ReplicaConfig],
+    only: Option<&str>,
+) -> Result<Vec<ReplicaOutcome>, ReplicateError> {
+    if replicas.is_empty() {
+        return Err(ReplicateError::NoReplicas);
+    }
+    if let Some(n) = only {
+        if !replicas.iter().any(|r| r.name == n) {
+            return Err(ReplicateError::UnknownReplica(n.to_string()));
+        }
+    }
+    Ok(pass(layout, replicas, only).into_iter().map(|(name, result)| ReplicaOutcome { name, result }).collect())
 }

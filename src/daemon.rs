@@ -1,0 +1,114 @@
+//! `op-dbus run` as a library call: the pipeline, the bus (capture and the
+//! `org.opdbus` service) and the metrics endpoint, until a stop is asked
+//! for; then the pipeline drains ([`crate::pipeline::Pipeline::shutdown`]).
+
+use std::future::Future;
+use std::sync::atomic::Ordering::Acquire;
+
+use crate::config::Config;
+use crate::input::Limits;
+use crate::pipeline::{attach_bus, spawn_pipeline, PipelineConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Installing the metrics recorder failed.
+    #[error(transparent)]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot listen for metrics on {addr} (metrics.listen)")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    /// Starting, attaching the bus to, or draining the pipeline failed
+    /// (`crate::pipeline` reports with anyhow).
+    #[error(transparent)]
+    Pipeline(anyhow::Error),
+    /// Waiting for the stop signal failed.
+    #[error(transparent)]
+    Signal(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(cfg: &Config) -> Result<(), DaemonError> {
+    run_until(cfg, stop_signal())
+}
+
+/// Runs the daemon until `stop` completes (first polled once everything
+/// has started), then drains the pipeline.
+pub fn run_until(cfg: &Config, stop: impl Future<Output = std::io::Result<()>>) -> Result<(), DaemonError> {
+    raise_fd_limit();
+    let handle =
+        if cfg.metrics_enabled { Some(crate::metrics::install().map_err(DaemonError::Metrics)?) } else { None };
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        // Bound first, so that a taken port fails start-up before anything
+        // runs, rather than leaving the daemon running unobservable.
+        let listener = match &handle {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind(cfg.metrics_listen)
+                    .await
+                    .map_err(|source| DaemonError::Listen { addr: cfg.metrics_listen, source })?,
+            ),
+            None => None,
+        };
+        let mut pipeline = spawn_pipeline(PipelineConfig::new(cfg)).map_err(DaemonError::Pipeline)?;
+        let limits = Limits { max_data_bytes: cfg.max_data_bytes, max_depth: cfg.max_depth };
+        if let Err(e) = attach_bus(&mut pipeline, &cfg.bus, &cfg.service, limits).await {
+            // Nothing was recorded from the bus yet; close what did start.
+            let _ = pipeline.shutdown(cfg.shutdown_deadline).await;
+            return Err(DaemonError::Pipeline(e));
+        }
+        let health = pipeline.health.clone();
+        tracing::info!(
+            state_dir = %cfg.state_dir.display(),
+            head = health.chain_height.load(Acquire),
+            vector_level = cfg.vector_level.as_str(),
+            bus = %if cfg.bus.enabled { cfg.bus.address.to_string() } else { "none".into() },
+            service = cfg.service.enabled,
+            storage = %{
+                let l = cfg.layout();
+                crate::layout::describe(&[&l.timing, &l.vectors, &l.cache])
+            },
+            "op-dbus is recording"
+        );
+        if let (Some(handle), Some(listener)) = (handle, listener) {
+            let h = health.clone();
+            actix_rt::spawn(async move {
+                let health = move || {
+                    let r = h.report();
+                    (r.is_ok(), serde_json::to_string(&r).expect("a struct of numbers and a str serializes"))
+                };
+                crate::metrics::serve(listener, handle, health).await;
+            });
+        }
+        stop.await.map_err(DaemonError::Signal)?;
+        tracing::info!("stopping: draining the pipeline");
+        pipeline.shutdown(cfg.shutdown_deadline).await.map_err(DaemonError::Pipeline)?;
+        tracing::info!(head = health.chain_height.load(Acquire), "stopped cleanly");
+        Ok(())
+    })
+}
+
+/// Completes at the first SIGTERM or SIGINT (the handlers are installed
+/// when it is first polled).
+pub async fn stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Monitors receive the file descriptors of the messages they see, held
+/// until the message is dropped; a full capture queue can hold thousands.
+/// Raise the soft limit to the hard one, as daemons do.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
