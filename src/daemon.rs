@@ -112,3 +112,88 @@ fn raise_fd_limit() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::bus::proxy::chain_proxy;
+    use crate::bus::service::ChainError;
+    use crate::config::{BusAddress, Overrides};
+
+    /// A private dbus-daemon (scripts/private-bus.sh: the shipped policy),
+    /// stopped when dropped.
+    struct PrivateBus {
+        address: String,
+        pid: i32,
+    }
+
+    impl PrivateBus {
+        fn start(dir: &Path) -> PrivateBus {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/private-bus.sh");
+            let out = std::process::Command::new(script).arg(dir).output().expect("run scripts/private-bus.sh");
+            assert!(out.status.success(), "dbus-daemon did not start: {}", String::from_utf8_lossy(&out.stderr));
+            let pid = std::fs::read_to_string(dir.join("bus.pid")).unwrap().trim().parse().unwrap();
+            PrivateBus { address: String::from_utf8(out.stdout).unwrap().trim().to_string(), pid }
+        }
+    }
+
+    impl Drop for PrivateBus {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the pid of the dbus-daemon this test started.
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        }
+    }
+
+    /// Every method and the signal of the proxy against the daemon's real
+    /// service: the proxy's signatures are the interface's.
+    #[test]
+    fn the_daemon_serves_chain1_as_the_proxy_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = PrivateBus::start(&dir.path().join("bus"));
+        let flags = Overrides {
+            state_dir: Some(dir.path().join("state")),
+            no_metrics: true,
+            no_bus: true,
+            ..Default::default()
+        };
+        let service_bus = bus.address.clone();
+        let env = move |k: &str| (k == "OP_DBUS_SERVICE_BUS").then(|| service_bus.clone());
+        let cfg = Config::load(Some(Path::new("/dev/null")), env, &flags).unwrap();
+        let addr = BusAddress::parse(&bus.address).unwrap();
+        let within = |what: &'static str| move |_| panic!("no {what} within 10 s");
+        let calls = async {
+            let p = chain_proxy(&addr).await.unwrap();
+            let mut appended = p.receive_blocks_appended().await.unwrap();
+            assert!(matches!(p.head().await, Err(ChainError::NotFound(_))));
+
+            let seq = p.submit("org.example.app", "org.example.app.Deployed", r#"{"v":[1,2]}"#).await.unwrap();
+            assert_eq!(seq, 0);
+            assert!(matches!(p.submit("a", "b", "{nope").await, Err(ChainError::InvalidArgument(_))));
+            let (head, hash) = p.head().await.unwrap();
+            assert_eq!(head, 0);
+            let block: serde_json::Value = serde_json::from_str(&p.get_block(0).await.unwrap()).unwrap();
+            assert_eq!((block["hash"].as_str(), block["source"].as_str()), (Some(hash.as_str()), Some("submit")));
+            assert!(matches!(p.get_block(7).await, Err(ChainError::NotFound(_))));
+            let rows = p.query(0, 0, "org.example.app", "", 0).await.unwrap();
+            assert_eq!(rows.iter().map(|r| (r.seq, r.hash.as_str())).collect::<Vec<_>>(), [(0, hash.as_str())]);
+            assert_eq!(p.verify(0, 0).await.unwrap(), (true, 1, String::new()));
+            let (model, _, _) = p.search("org.example.app deployed", 5, 0, 0, "", "").await.unwrap();
+            assert_eq!(model, crate::vector::HEURISTIC_MODEL);
+            assert!(!p.snapshot().await.unwrap().is_empty(), "block 0 is new: a snapshot is taken");
+
+            let signal = tokio::time::timeout(Duration::from_secs(10), appended.next())
+                .await
+                .unwrap_or_else(within("BlocksAppended"))
+                .unwrap();
+            let args = signal.args().unwrap();
+            assert_eq!(*args.first_seq(), 0);
+            std::io::Result::Ok(())
+        };
+        run_until(&cfg, calls).unwrap();
+    }
+}
