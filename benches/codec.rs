@@ -29,8 +29,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("block");
     g.throughput(Throughput::Elements(1));
     let line = br#"{"plugin_id":"org.freedesktop.systemd1","operation":"org.freedesktop.systemd1.Manager.JobRemoved","path":"/org/freedesktop/systemd1","timestamp":1750000000000000000,"data":{"id":4711,"unit":"svc17.service","result":"done","job":12345}}"#;
-    let limits = op_dbus::import::Limits { max_data_bytes: 1 << 20, max_depth: 64 };
-    g.bench_function("parse_json_line", |b| b.iter(|| op_dbus::import::parse_line(line, limits, 0).unwrap()));
+    let limits = op_dbus::input::Limits { max_data_bytes: 1 << 20, max_depth: 64 };
+    g.bench_function("parse_json_line", |b| b.iter(|| op_dbus::input::parse_line(line, limits, 0).unwrap()));
     let raw = sample();
     g.bench_function("footprint", |b| b.iter_batched(|| raw.clone(), |e| footprint(e, 1 << 20), BatchSize::SmallInput));
     let (fp, value) = footprint(sample(), 1 << 20);

@@ -694,14 +694,14 @@ fn bluez(r: &mut Rng, i: u64) -> (String, String, Option<String>, Value) {
 /// `scripts/gen-trace.py`), as `input_text`s: a trace's own repeats are
 /// what the daemon's cache sees.
 fn trace_texts(path: &Path, n: usize) -> Vec<String> {
-    let limits = op_dbus::import::Limits { max_data_bytes: 1 << 20, max_depth: 64 };
+    let limits = op_dbus::input::Limits { max_data_bytes: 1 << 20, max_depth: 64 };
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("EMBED_TRACE {}: {e}", path.display()))
         .lines()
         .filter(|l| !l.trim().is_empty())
         .take(n)
         .map(|l| {
-            let e = op_dbus::import::parse_line(l.as_bytes(), limits, 0).expect("an import line");
+            let e = op_dbus::input::parse_line(l.as_bytes(), limits, 0).expect("an import line");
             input_text(&e.plugin_id, &e.operation, e.path.as_deref(), &e.data)
         })
         .collect()

@@ -14,9 +14,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use op_dbus::codec::{Source, Value};
+use op_dbus::faults::Faults;
 use op_dbus::layout::Layout;
 use op_dbus::messages::RawEvent;
-use op_dbus::pipeline::{spawn_pipeline, Faults, PipelineConfig};
+use op_dbus::pipeline::{spawn_pipeline, PipelineConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_op-dbus");
 

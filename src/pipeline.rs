@@ -35,7 +35,7 @@ use crate::bus::service::{open_service, run_service, ServiceParts};
 use crate::bus::OwnNames;
 use crate::chain::{ChainStore, Recovery};
 use crate::config::{BusConfig, Config, ServiceConfig};
-pub use crate::faults::Faults;
+use crate::faults::Faults;
 use crate::health::Health;
 use crate::index::Index;
 use crate::layout::Layout;
@@ -212,7 +212,7 @@ pub async fn attach_bus(
     p: &mut Pipeline,
     bus: &BusConfig,
     service: &ServiceConfig,
-    limits: crate::import::Limits,
+    limits: crate::input::Limits,
 ) -> Result<(), StartError> {
     let own = OwnNames::default();
     let service_source = Arc::new(Mutex::new(Some(p.submitter())));

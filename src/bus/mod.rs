@@ -7,6 +7,7 @@ pub mod capture;
 pub mod mapping;
 pub mod names;
 pub mod policy;
+pub mod proxy;
 pub mod rules;
 pub mod service;
 

@@ -28,9 +28,9 @@ use crate::chain::verify;
 use crate::codec::{hex, Credentials, Source, Value};
 use crate::config::BusAddress;
 use crate::health::Health;
-use crate::import::{check_event, Limits};
 use crate::index::query::{self, Filter};
 use crate::index::Index;
+use crate::input::{check_event, Limits};
 use crate::layout::Layout;
 use crate::messages::{PipelineError, RawEvent, SnapshotNow, Submitter};
 use crate::metrics as m;
@@ -121,7 +121,8 @@ impl ChainService {
     async fn get_block(&self, seq: u64) -> Result<String, ChainError> {
         let (layout, index) = (self.parts.layout.clone(), self.parts.index.clone());
         let r = blocking(move || match query::by_seq(&layout, Some(&index), seq) {
-            Ok(Some(b)) => Ok(query::block_json(&b).to_string()),
+            Ok(Some(b)) => serde_json::to_string(&query::block_json(&b))
+                .map_err(|e| ChainError::Failed(format!("cannot encode block {seq}: {e}"))),
             Ok(None) => Err(ChainError::NotFound(format!("no block with seq {seq}"))),
             Err(e) => Err(ChainError::Failed(e.to_string())),
         })

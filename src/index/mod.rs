@@ -25,6 +25,7 @@
 pub mod hashes;
 pub mod indexer;
 pub mod query;
+pub mod witness;
 
 use std::path::{Path, PathBuf};
 
@@ -126,6 +127,15 @@ impl Index {
     /// Opens (creating if needed) the index in `dir`.
     pub fn open(dir: &Path) -> Result<Index, IndexError> {
         Self::open_with_map_size(dir, INITIAL_MAP_SIZE)
+    }
+
+    /// Opens the index in `dir` for reading if there is one: read commands
+    /// never create it. `Ok(None)` when there is none.
+    pub fn open_existing(dir: &Path) -> Result<Option<Index>, IndexError> {
+        if !dir.join("index").join("data.mdb").exists() {
+            return Ok(None);
+        }
+        Self::open(dir).map(Some)
     }
 
     /// As [`open`](Self::open), but an environment that cannot be opened

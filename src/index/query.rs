@@ -4,11 +4,12 @@
 
 use std::collections::VecDeque;
 
+use serde::Serialize;
 use serde_json::json;
 
 use crate::chain::reader::{self, StoredBlock};
 use crate::chain::StoreError;
-use crate::codec::{hex, Hash, Value, FLAG_TRUNCATED};
+use crate::codec::{hex, parse_hex_hash, Hash, Value, FLAG_TRUNCATED};
 use crate::index::hashes::HashFiles;
 use crate::index::{Index, IndexError};
 use crate::layout::Layout;
@@ -232,32 +233,101 @@ pub fn data_json(b: &StoredBlock) -> serde_json::Value {
     }
 }
 
-/// One block as the JSON object `log --json` and `show --json` print.
-pub fn block_json(b: &StoredBlock) -> serde_json::Value {
+/// One block as `log --json`, `show --json` and D-Bus `GetBlock` give it.
+/// Fields in alphabetical order: the key order of the hand-built JSON this
+/// replaced (serde_json sorted its keys), which scripts compare.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BlockJson {
+    pub captured: String,
+    pub captured_ns: i64,
+    pub creds: Option<CredsJson>,
+    /// The event data (see [`data_json`]).
+    pub data: serde_json::Value,
+    pub data_hash: String,
+    pub hash: String,
+    pub operation: String,
+    pub path: Option<String>,
+    pub plugin_id: String,
+    pub prev_hash: String,
+    pub sender: Option<String>,
+    pub seq: u64,
+    pub signature: String,
+    pub source: &'static str,
+    pub timestamp: String,
+    pub timestamp_ns: i64,
+    pub truncated: bool,
+    pub vector: Option<VectorJson>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredsJson {
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub unit: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VectorJson {
+    pub dims: u32,
+    pub hash: String,
+    pub model: String,
+    pub offset: u64,
+}
+
+/// One block as [`BlockJson`].
+pub fn block_json(b: &StoredBlock) -> BlockJson {
     let body = &b.body;
     let fp = &body.footprint;
-    json!({
-        "seq": body.seq,
-        "hash": hex(&b.hash),
-        "prev_hash": hex(&body.prev_hash),
-        "timestamp": rfc3339(body.timestamp_ns),
-        "timestamp_ns": body.timestamp_ns,
-        "captured": rfc3339(fp.captured_ns),
-        "captured_ns": fp.captured_ns,
-        "source": fp.source.as_str(),
-        "plugin_id": fp.plugin_id,
-        "operation": fp.operation,
-        "path": fp.path,
-        "sender": fp.sender,
-        "creds": fp.creds.as_ref().map(|c| json!({"uid": c.uid, "pid": c.pid, "unit": c.unit})),
-        "signature": fp.signature,
-        "data": data_json(b),
-        "data_hash": hex(&fp.data_hash),
-        "truncated": fp.flags & FLAG_TRUNCATED != 0,
-        "vector": body.vector.as_ref().map(|v| json!({
-            "model": v.model, "dims": v.dims, "offset": v.offset, "hash": hex(&v.hash)
-        })),
-    })
+    BlockJson {
+        captured: rfc3339(fp.captured_ns),
+        captured_ns: fp.captured_ns,
+        creds: fp.creds.as_ref().map(|c| CredsJson { pid: c.pid, uid: c.uid, unit: c.unit.clone() }),
+        data: data_json(b),
+        data_hash: hex(&fp.data_hash),
+        hash: hex(&b.hash),
+        operation: fp.operation.clone(),
+        path: fp.path.clone(),
+        plugin_id: fp.plugin_id.clone(),
+        prev_hash: hex(&body.prev_hash),
+        sender: fp.sender.clone(),
+        seq: body.seq,
+        signature: fp.signature.clone(),
+        source: fp.source.as_str(),
+        timestamp: rfc3339(body.timestamp_ns),
+        timestamp_ns: body.timestamp_ns,
+        truncated: fp.flags & FLAG_TRUNCATED != 0,
+        vector: body.vector.as_ref().map(|v| VectorJson {
+            dims: v.dims,
+            hash: hex(&v.hash),
+            model: v.model.clone(),
+            offset: v.offset,
+        }),
+    }
+}
+
+/// How `show` names a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockRef {
+    Seq(u64),
+    Hash(Hash),
+}
+
+impl BlockRef {
+    /// A seq number, or a block hash in 64 hex digits.
+    pub fn parse(s: &str) -> Option<BlockRef> {
+        if let Ok(seq) = s.parse::<u64>() {
+            return Some(BlockRef::Seq(seq));
+        }
+        parse_hex_hash(s).map(BlockRef::Hash)
+    }
+}
+
+/// The block `r` names, through the index or the chain; `None` if there is none.
+pub fn find(layout: &Layout, index: Option<&Index>, r: BlockRef) -> Result<Option<StoredBlock>, QueryError> {
+    match r {
+        BlockRef::Seq(seq) => by_seq(layout, index, seq),
+        BlockRef::Hash(hash) => by_hash(layout, index, &hash),
+    }
 }
 
 /// One line for the human `log` output.
@@ -281,4 +351,70 @@ pub fn block_line(b: &StoredBlock) -> String {
         fp.path.as_deref().unwrap_or("-"),
         data
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::testing::record;
+    use crate::chain::ChainStore;
+    use crate::codec::Credentials;
+
+    /// The JSON `show --json` printed before it was typed.
+    fn hand_built(b: &StoredBlock) -> serde_json::Value {
+        let body = &b.body;
+        let fp = &body.footprint;
+        json!({
+            "seq": body.seq,
+            "hash": hex(&b.hash),
+            "prev_hash": hex(&body.prev_hash),
+            "timestamp": rfc3339(body.timestamp_ns),
+            "timestamp_ns": body.timestamp_ns,
+            "captured": rfc3339(fp.captured_ns),
+            "captured_ns": fp.captured_ns,
+            "source": fp.source.as_str(),
+            "plugin_id": fp.plugin_id,
+            "operation": fp.operation,
+            "path": fp.path,
+            "sender": fp.sender,
+            "creds": fp.creds.as_ref().map(|c| json!({"uid": c.uid, "pid": c.pid, "unit": c.unit})),
+            "signature": fp.signature,
+            "data": data_json(b),
+            "data_hash": hex(&fp.data_hash),
+            "truncated": fp.flags & FLAG_TRUNCATED != 0,
+            "vector": body.vector.as_ref().map(|v| json!({
+                "model": v.model, "dims": v.dims, "offset": v.offset, "hash": hex(&v.hash)
+            })),
+        })
+    }
+
+    #[test]
+    fn block_json_is_byte_for_byte_the_hand_built_json_and_find_finds_by_seq_and_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), None);
+        layout.create_dirs().unwrap();
+        let (mut store, _) = ChainStore::open(&layout, 1 << 20).unwrap();
+        let plain = record(0, "org.example.app", "x", false);
+        let mut full = record(1, "org.example.app", "y", true);
+        full.footprint.path = Some("/org/example".into());
+        full.footprint.sender = Some(":1.7".into());
+        full.footprint.signature = "a{sv}".into();
+        full.footprint.creds = Some(Credentials { uid: Some(0), pid: Some(42), unit: Some("x.service".into()) });
+        let appended = store.append(&[plain, full], 1_700_000_000_000_000_000).unwrap();
+        drop(store);
+        for a in &appended {
+            let b = find(&layout, None, BlockRef::Seq(a.seq)).unwrap().unwrap();
+            let typed = block_json(&b);
+            assert_eq!(serde_json::to_string(&typed).unwrap(), hand_built(&b).to_string());
+            assert_eq!(
+                serde_json::to_string_pretty(&typed).unwrap(),
+                serde_json::to_string_pretty(&hand_built(&b)).unwrap()
+            );
+            let by_hash = find(&layout, None, BlockRef::parse(&hex(&a.hash)).unwrap()).unwrap().unwrap();
+            assert_eq!(by_hash.body.seq, a.seq);
+        }
+        assert_eq!(find(&layout, None, BlockRef::Seq(2)).unwrap(), None);
+        assert_eq!(BlockRef::parse("12"), Some(BlockRef::Seq(12)));
+        assert_eq!(BlockRef::parse("nope"), None);
+    }
 }

@@ -312,7 +312,22 @@ pub fn write_state(state_dir: &Path, level: VectorLevel, engine: &Engine) -> std
     std::fs::rename(&tmp, &path)
 }
 
+/// What `vectors.json` says: the level, the model in use (the heuristic
+/// one after a fallback) and why it fell back. Every field is optional so
+/// that a file from another version still says what it can.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct VectorState {
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub dims: Option<usize>,
+    #[serde(default)]
+    pub fallback: Option<String>,
+}
+
 /// The state the daemon (or the last backfill) wrote, if any.
-pub fn read_state(state_dir: &Path) -> Option<serde_json::Value> {
+pub fn read_state(state_dir: &Path) -> Option<VectorState> {
     serde_json::from_str(&std::fs::read_to_string(state_path(state_dir)).ok()?).ok()
 }

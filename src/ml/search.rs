@@ -6,8 +6,9 @@
 
 use std::time::Instant;
 
-use super::engine::Engine;
+use super::engine::{model_of, read_state, Engine, EngineConfig};
 use super::store::StoreReader;
+use super::{ModelSpec, VectorLevel};
 use crate::index::query::{self, Filter};
 use crate::index::Index;
 use crate::layout::Layout;
@@ -18,38 +19,102 @@ const SCAN_THREADS: usize = 2;
 /// Most results one search returns.
 pub const MAX_K: usize = 1000;
 
+/// One result. Fields in alphabetical order, as `search --json` has always
+/// printed them (it went through a sorted `serde_json::Value`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Hit {
-    pub seq: u64,
-    pub score: f32,
     pub captured_ns: i64,
-    pub time: String,
-    pub plugin: String,
     pub operation: String,
+    pub plugin: String,
+    /// Printed as the f64 it widens to, as it always was.
+    #[serde(serialize_with = "f32_as_f64")]
+    pub score: f32,
+    pub seq: u64,
     pub summary: String,
+    pub time: String,
+}
+
+fn f32_as_f64<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(f64::from(*v))
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SearchResult {
+    pub hits: Vec<Hit>,
     /// The model whose vectors were searched.
     pub model: String,
-    /// Blocks with a vector (the rest of the chain is not searched yet).
-    pub vectors: u64,
     /// Blocks scored (after the filters).
     pub scored: u64,
-    pub hits: Vec<Hit>,
+    /// Blocks with a vector (the rest of the chain is not searched yet).
+    pub vectors: u64,
+}
+
+/// A search of a state dir ([`search_state`]): the result and the chain's
+/// length, to say how much of it has no vector yet. `search --json` prints
+/// it: `chain` and then the result's fields, in alphabetical order.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SearchOutcome {
+    pub chain: u64,
+    #[serde(flatten)]
+    pub result: SearchResult,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
     #[error("cannot make the query vector")]
     Query(#[from] super::MlError),
+    /// The model to search with did not load.
+    #[error(transparent)]
+    Model(super::MlError),
     #[error(transparent)]
     Store(#[from] super::store::StoreError),
     #[error(transparent)]
     Lookup(#[from] query::QueryError),
+    #[error(transparent)]
+    Chain(#[from] crate::chain::StoreError),
     #[error("k must be 1..={MAX_K}")]
     BadK,
+    #[error("vector level none stores no vectors: nothing to search")]
+    LevelNone,
+}
+
+/// What to search a state dir for, and with which model.
+pub struct SearchRequest<'a> {
+    pub text: &'a str,
+    pub k: usize,
+    pub filter: &'a Filter,
+    /// The configured level, model files and precision.
+    pub engine: &'a EngineConfig,
+    /// `vector.cache_entries` (the query cache of an ML model).
+    pub cache_entries: u64,
+    /// Search the model the daemon says it uses (`vectors.json`: it may
+    /// have fallen back); false when a level was asked for.
+    pub recorded_model: bool,
+}
+
+/// `op-dbus search`: picks the model (the daemon's, else the level's),
+/// loads it (a query already in the cache needs no model), and searches
+/// its store, from another process than the daemon's.
+pub fn search_state(layout: &Layout, index: Option<&Index>, req: &SearchRequest) -> Result<SearchOutcome, SearchError> {
+    if req.engine.level == VectorLevel::None {
+        return Err(SearchError::LevelNone);
+    }
+    let recorded = if req.recorded_model { read_state(&layout.state_dir).and_then(|s| s.model) } else { None };
+    let id = recorded.unwrap_or_else(|| match model_of(req.engine.level) {
+        Some(kind) => ModelSpec { kind, precision: req.engine.precision }.id(),
+        None => crate::vector::HEURISTIC_MODEL.to_string(),
+    });
+    let cache = if id != crate::vector::HEURISTIC_MODEL {
+        super::cache::EmbedCache::configured(&layout.cache, req.cache_entries)
+    } else {
+        None
+    };
+    let mut ecfg = req.engine.clone();
+    ecfg.threads = ecfg.threads.max(1);
+    let engine = Engine::for_search(&id, &ecfg, cache).map_err(SearchError::Model)?;
+    let chain = crate::chain::reader::read_head(layout)?.next_seq;
+    let result = search(layout, index, &engine, req.text, req.k, req.filter)?;
+    Ok(SearchOutcome { chain, result })
 }
 
 /// Searches the store of `engine`'s model.
@@ -98,4 +163,30 @@ pub fn search(
     }
     metrics::histogram!(m::SEARCH_DURATION).record(started.elapsed().as_secs_f64());
     Ok(SearchResult { model: engine.id().into(), vectors: store.len(), scored, hits })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_is_the_one_search_always_printed() {
+        let hit = Hit {
+            captured_ns: 5,
+            operation: "o".into(),
+            plugin: "p".into(),
+            score: 0.1,
+            seq: 3,
+            summary: "{}".into(),
+            time: "t".into(),
+        };
+        let result = SearchResult { hits: vec![hit], model: "heuristic-v1".into(), scored: 4, vectors: 9 };
+        // What `search --json` built by hand: the result as a Value (keys
+        // sorted, the f32 score widened), plus "chain".
+        let mut old = serde_json::to_value(&result).unwrap();
+        old["chain"] = serde_json::json!(10);
+        let typed = serde_json::to_string(&SearchOutcome { chain: 10, result }).unwrap();
+        assert_eq!(typed, old.to_string());
+        assert!(typed.contains(r#""score":0.10000000149011612"#), "{typed}");
+    }
 }

@@ -75,12 +75,12 @@ impl Burst {
 /// Why a chunk was not embedded and stored.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("cannot read the chain: {0}")]
+    #[error(transparent)]
     Chain(#[from] crate::chain::StoreError),
     #[error("chain read returned seq {got} where {expected} was expected")]
     OutOfOrder { got: u64, expected: u64 },
     #[error(transparent)]
-    Model(#[from] super::MlError),
+    Embed(#[from] super::MlError),
     #[error(transparent)]
     Store(#[from] super::store::StoreError),
 }
@@ -113,6 +113,82 @@ pub fn step(
     metrics::counter!(m::VECTOR_CACHE_HITS).increment(stats.hits);
     metrics::counter!(m::VECTOR_CACHE_MISSES).increment(stats.misses);
     Ok((blocks.len() as u64, stats))
+}
+
+/// How often [`backfill`] reports progress, at most.
+const BACKFILL_PROGRESS: Duration = Duration::from_secs(5);
+
+/// What a backfill did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backfill {
+    /// The model whose store was filled.
+    pub model: String,
+    /// Blocks embedded now.
+    pub blocks: u64,
+    /// Blocks with a vector of `model` now.
+    pub stored: u64,
+    /// The chain's length when the backfill started (how far it filled).
+    pub chain: u64,
+    /// Texts found in the embedding cache, and not.
+    pub hits: u64,
+    pub misses: u64,
+    pub seconds: f64,
+    /// Why the level's model did not load, if `model` is the fallback.
+    pub fallback: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("cannot open the search vector store")]
+    Store(#[source] super::store::StoreError),
+    #[error(transparent)]
+    Chain(#[from] crate::chain::StoreError),
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error("cannot sync the embedding cache")]
+    Cache(#[source] super::cache::CacheError),
+}
+
+/// Fills `engine`'s store from the chain up to its current end, in the
+/// foreground (`embed --backfill`; the caller holds the writer's lock, so
+/// no worker writes the store meanwhile). `progress(stored, chain)` is
+/// called at most every 5 s.
+pub fn backfill(
+    layout: &Layout,
+    engine: &Engine,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Backfill, BackfillError> {
+    let mut store = StoreWriter::open(layout, engine.id(), engine.dims()).map_err(BackfillError::Store)?;
+    let to = crate::chain::reader::read_head(layout)?.next_seq;
+    let (from, started) = (store.len(), Instant::now());
+    let (mut hits, mut misses) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    let mut cursor = Cursor::default();
+    while store.len() < to {
+        let (n, stats) = step(layout, &mut cursor, engine, &mut store, to)?;
+        if n == 0 {
+            break;
+        }
+        hits += stats.hits;
+        misses += stats.misses;
+        if last_report.elapsed() >= BACKFILL_PROGRESS {
+            progress(store.len(), to);
+            last_report = Instant::now();
+        }
+    }
+    if let Some(c) = engine.cache() {
+        c.sync().map_err(BackfillError::Cache)?;
+    }
+    Ok(Backfill {
+        model: engine.id().to_string(),
+        blocks: store.len() - from,
+        stored: store.len(),
+        chain: to,
+        hits,
+        misses,
+        seconds: started.elapsed().as_secs_f64(),
+        fallback: engine.fallback().map(str::to_string),
+    })
 }
 
 /// Lowers the calling thread (and the threads it creates later, such as

@@ -255,3 +255,39 @@ pub fn pass(
     }
     out
 }
+
+/// What one replica got in a pass.
+#[derive(Debug)]
+pub struct ReplicaOutcome {
+    pub name: String,
+    /// `Ok(None)`: it was up to date; `Err`: what failed (also kept in
+    /// `replication.json` as its `last_error`).
+    pub result: Result<Option<Sent>, ReplicateError>,
+}
+
+/// A replication request that cannot be served as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaChoiceError {
+    #[error("no [[replica]] in the configuration")]
+    NoReplicas,
+    #[error("no replica named {0:?} in the configuration")]
+    UnknownReplica(String),
+}
+
+/// `op-dbus replicate`: one [`pass`] over the configured replicas (or only
+/// the one called `only`), refusing a configuration without them.
+pub fn replicate(
+    layout: &Layout,
+    replicas: &[ReplicaConfig],
+    only: Option<&str>,
+) -> Result<Vec<ReplicaOutcome>, ReplicaChoiceError> {
+    if replicas.is_empty() {
+        return Err(ReplicaChoiceError::NoReplicas);
+    }
+    if let Some(n) = only {
+        if !replicas.iter().any(|r| r.name == n) {
+            return Err(ReplicaChoiceError::UnknownReplica(n.to_string()));
+        }
+    }
+    Ok(pass(layout, replicas, only).into_iter().map(|(name, result)| ReplicaOutcome { name, result }).collect())
+}

@@ -295,3 +295,39 @@ pub fn verify(live: &crate::layout::Layout, index: Option<&crate::index::Index>,
     }
     None
 }
+
+/// The verdict on one snapshot (`snapshots verify --json` prints it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SnapshotCheck {
+    pub name: String,
+    pub ok: bool,
+    /// What is wrong, if anything (see [`verify`]).
+    pub problem: Option<String>,
+    /// The seq the snapshot was taken at.
+    #[serde(skip)]
+    pub head_seq: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no snapshot named {0}")]
+    NotFound(String),
+}
+
+/// `op-dbus snapshots verify`: [`verify`] for the snapshot called `name`,
+/// or for every snapshot, oldest first. Lazy: each snapshot is verified
+/// when the iterator reaches it, so a caller can report as it goes.
+pub fn verify_named<'a>(
+    live: &'a Layout,
+    index: Option<&'a Index>,
+    name: Option<&str>,
+) -> Result<impl Iterator<Item = SnapshotCheck> + 'a, SnapshotError> {
+    let chosen: Vec<SnapshotMeta> = list(live).into_iter().filter(|s| name.is_none_or(|n| s.name == n)).collect();
+    if let (Some(n), true) = (name, chosen.is_empty()) {
+        return Err(SnapshotError::NotFound(n.to_string()));
+    }
+    Ok(chosen.into_iter().map(move |s| {
+        let problem = verify(live, index, &s);
+        SnapshotCheck { ok: problem.is_none(), problem, head_seq: s.head_seq, name: s.name }
+    }))
+}

@@ -11,9 +11,10 @@ use std::time::Duration;
 use op_dbus::chain::reader;
 use op_dbus::codec::Value;
 use op_dbus::config::{BusAddress, BusConfig, Config, QueuePolicy, ServiceConfig, SnapshotConfig};
-use op_dbus::import::Limits;
+use op_dbus::faults::Faults;
+use op_dbus::input::Limits;
 use op_dbus::layout::Layout;
-use op_dbus::pipeline::{attach_bus, spawn_pipeline, Faults, PipelineConfig};
+use op_dbus::pipeline::{attach_bus, spawn_pipeline, PipelineConfig};
 use op_dbus::storage::retention::Interval;
 use private_bus::Bus;
 

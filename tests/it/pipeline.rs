@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use op_dbus::chain::{reader, verify};
 use op_dbus::codec::{Source, Value};
+use op_dbus::faults::Faults;
 use op_dbus::index::Index;
 use op_dbus::layout::Layout;
 use op_dbus::messages::RawEvent;
 use op_dbus::ml::VectorLevel;
-use op_dbus::pipeline::{spawn_pipeline, Faults, PipelineConfig};
+use op_dbus::pipeline::{spawn_pipeline, PipelineConfig};
 
 fn config(dir: &std::path::Path, faults: Faults) -> PipelineConfig {
     PipelineConfig {
