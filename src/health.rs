@@ -15,13 +15,13 @@ pub struct Health {
     /// Indexed blocks (the next seq to index).
     pub index_height: AtomicU64,
     /// The last commit failed and the writer is retrying.
-    pub writer_failing: AtomicBool,
+    pub(crate) writer_failing: AtomicBool,
     /// DbusIngest is gone (a bug): the bus is no longer being recorded.
-    pub ingest_failed: AtomicBool,
+    pub(crate) ingest_failed: AtomicBool,
     /// The last durable block (seq, hash); `None` for an empty chain. A
     /// watch: the feed waits on it, and a slow reader only ever misses
     /// intermediate values, never holds the writer.
-    pub head: tokio::sync::watch::Sender<Option<(u64, Hash)>>,
+    pub(crate) head: tokio::sync::watch::Sender<Option<(u64, Hash)>>,
 }
 
 impl Default for Health {
@@ -49,12 +49,12 @@ impl Health {
 /// of the hand-built JSON this replaced.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct HealthReport {
-    pub chain_height: u64,
-    pub index_height: u64,
-    pub index_lag: u64,
+    pub(crate) chain_height: u64,
+    pub(crate) index_height: u64,
+    pub(crate) index_lag: u64,
     /// `ok`, or `failing` when the writer is retrying a failed commit or
     /// the bus is no longer recorded.
-    pub status: &'static str,
+    pub(crate) status: &'static str,
 }
 
 impl HealthReport {

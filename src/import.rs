@@ -71,15 +71,15 @@ impl Input {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImportOptions {
     /// Skip bad lines (each reported) instead of stopping at the first.
-    pub skip_invalid: bool,
+    pub(crate) skip_invalid: bool,
 }
 
 /// A line that could not be imported.
 #[derive(Debug, PartialEq)]
 pub struct BadLine {
     /// 1-based.
-    pub line: u64,
-    pub error: LineError,
+    pub(crate) line: u64,
+    pub(crate) error: LineError,
 }
 
 /// A batch that became durable (`--report-commits` prints it as JSON).
@@ -88,11 +88,11 @@ pub struct BadLine {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CommitReport {
     /// Records durable so far in this import.
-    pub committed: u64,
-    pub head_hash: String,
-    pub last_seq: u64,
+    pub(crate) committed: u64,
+    pub(crate) head_hash: String,
+    pub(crate) last_seq: u64,
     /// The input line of the batch's last record.
-    pub through_line: u64,
+    pub(crate) through_line: u64,
 }
 
 /// What happens during an import, as it happens. Called from the reader
@@ -122,27 +122,27 @@ impl ImportObserver for Quiet {}
 #[derive(Debug)]
 pub struct ImportOutcome {
     /// Records durable.
-    pub committed: u64,
+    pub(crate) committed: u64,
     /// Lines read (the last one read, 1-based).
-    pub lines: u64,
-    pub blank_lines: u64,
-    pub invalid_lines: u64,
+    pub(crate) lines: u64,
+    pub(crate) blank_lines: u64,
+    pub(crate) invalid_lines: u64,
     /// The first [`REPORTED_SKIPS`] bad lines skipped with `skip_invalid`.
     pub skipped: Vec<BadLine>,
     /// The bad line that stopped the import (without `skip_invalid`);
     /// nothing from it on was written.
-    pub stopped_at: Option<BadLine>,
+    pub(crate) stopped_at: Option<BadLine>,
     /// Reading the input failed after `lines` lines.
-    pub read_error: Option<std::io::Error>,
+    pub(crate) read_error: Option<std::io::Error>,
     /// The pipeline stopped before every batch was acknowledged.
-    pub lost: bool,
+    pub(crate) lost: bool,
     /// The first and the last durable batch: the records got seqs
     /// `first_seq..=head.last_seq`.
     pub first_seq: Option<u64>,
-    pub head: Option<Committed>,
+    pub(crate) head: Option<Committed>,
     /// Bytes of an interrupted write that opening the chain cut.
     pub recovered_bytes: u64,
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 impl ImportOutcome {
@@ -170,15 +170,15 @@ impl ImportOutcome {
 /// key order of the hand-built JSON this replaced).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ImportSummary {
-    pub blank_lines: u64,
-    pub committed: u64,
-    pub error: Option<String>,
-    pub head_hash: Option<String>,
-    pub head_seq: Option<u64>,
-    pub invalid_lines: u64,
-    pub lines: u64,
-    pub seconds: f64,
-    pub stopped_at_line: Option<u64>,
+    pub(crate) blank_lines: u64,
+    pub(crate) committed: u64,
+    pub(crate) error: Option<String>,
+    pub(crate) head_hash: Option<String>,
+    pub(crate) head_seq: Option<u64>,
+    pub(crate) invalid_lines: u64,
+    pub(crate) lines: u64,
+    pub(crate) seconds: f64,
+    pub(crate) stopped_at_line: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

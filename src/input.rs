@@ -147,7 +147,7 @@ fn check_name(field: &'static str, s: &str) -> Result<(), LineError> {
 pub struct LineReader<R> {
     inner: R,
     max: usize,
-    pub line_no: u64,
+    pub(crate) line_no: u64,
 }
 
 pub enum ReadLine<'a> {

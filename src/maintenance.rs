@@ -21,8 +21,8 @@ use crate::storage::snapshot::SnapshotMeta;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reindexed {
     /// Blocks indexed (the chain's length).
-    pub blocks: u64,
-    pub seconds: f64,
+    pub(crate) blocks: u64,
+    pub(crate) seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]

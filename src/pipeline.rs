@@ -157,10 +157,10 @@ pub struct Pipeline {
     index_done: oneshot::Receiver<()>,
     pub health: Arc<Health>,
     /// What opening the chain had to repair.
-    pub recovery: Recovery,
+    pub(crate) recovery: Recovery,
     /// The index the CacheIndexer writes, for readers in this process (an
     /// LMDB environment is opened once per process).
-    pub index: Index,
+    pub(crate) index: Index,
     layout: Layout,
     bus: Option<BusParts>,
     /// The search vectors' engine (none at level `none`), for searches in

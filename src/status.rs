@@ -19,40 +19,40 @@ use crate::ml::VectorLevel;
 /// tests and scripts read it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Status {
-    pub chain: ChainStatus,
+    pub(crate) chain: ChainStatus,
     /// The state dir's filesystem type (`btrfs`, `ext4`, ...).
-    pub filesystem: String,
-    pub index: IndexStatus,
-    pub state_dir: PathBuf,
+    pub(crate) filesystem: String,
+    pub(crate) index: IndexStatus,
+    pub(crate) state_dir: PathBuf,
     /// How the areas are stored (`btrfs subvolumes`, ...).
-    pub storage: String,
+    pub(crate) storage: String,
     /// The configured level (what the vectors of a next start will be).
-    pub vector_level: &'static str,
-    pub vectors: VectorStatus,
+    pub(crate) vector_level: &'static str,
+    pub(crate) vectors: VectorStatus,
     /// The pid written in the lock file while a writer holds it.
-    pub writer_pid: Option<String>,
+    pub(crate) writer_pid: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChainStatus {
     /// Durable blocks (the next seq).
-    pub blocks: u64,
+    pub(crate) blocks: u64,
     /// Bytes of all segments.
-    pub bytes: u64,
-    pub head_hash: Option<String>,
-    pub head_seq: Option<u64>,
-    pub segments: usize,
+    pub(crate) bytes: u64,
+    pub(crate) head_hash: Option<String>,
+    pub(crate) head_seq: Option<u64>,
+    pub(crate) segments: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct IndexStatus {
     /// Indexed blocks (the next seq to index); `None` without an index.
-    pub blocks: Option<u64>,
-    pub bytes: u64,
-    pub entries: u64,
+    pub(crate) blocks: Option<u64>,
+    pub(crate) bytes: u64,
+    pub(crate) entries: u64,
     /// Chain blocks not indexed yet; `None` without an index.
-    pub lag: Option<u64>,
-    pub present: bool,
+    pub(crate) lag: Option<u64>,
+    pub(crate) present: bool,
 }
 
 /// What `vectors.json` says the daemon (or the last backfill) uses, and how
@@ -60,13 +60,13 @@ pub struct IndexStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VectorStatus {
     /// Why the level's model did not load, when it fell back.
-    pub fallback: Option<String>,
+    pub(crate) fallback: Option<String>,
     /// Chain blocks without a vector of `model`.
-    pub lag: u64,
-    pub level: Option<String>,
-    pub model: Option<String>,
+    pub(crate) lag: u64,
+    pub(crate) level: Option<String>,
+    pub(crate) model: Option<String>,
     /// Blocks with a vector of `model`.
-    pub stored: u64,
+    pub(crate) stored: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,10 @@
 //! The pipeline's actors, one per file. They run on [`crate::runtime`];
 //! [`crate::pipeline`] wires them.
 
-pub mod cache_indexer;
+pub(crate) mod cache_indexer;
 pub mod chain_writer;
-pub mod dbus_ingest;
+pub(crate) mod dbus_ingest;
 pub mod embedder;
 pub mod footprinter;
-pub mod replicator;
-pub mod snapshotter;
+pub(crate) mod replicator;
+pub(crate) mod snapshotter;

@@ -53,13 +53,13 @@ impl GapReason {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gap {
-    pub reason: GapReason,
+    pub(crate) reason: GapReason,
     /// Messages lost; `None` when unknown (an outage).
-    pub dropped: Option<u64>,
+    pub(crate) dropped: Option<u64>,
     /// Capture time of the first lost message, or when the outage began.
-    pub first_ns: i64,
+    pub(crate) first_ns: i64,
     /// Capture time of the last lost message, or when the bus was back.
-    pub last_ns: i64,
+    pub(crate) last_ns: i64,
 }
 
 /// What the capture task hands DbusIngest, in bus order.
@@ -292,10 +292,10 @@ async fn read_names(conn: &zbus::Connection) -> Result<Names, BusError> {
 /// The capture task's settings.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
-    pub address: BusAddress,
-    pub rules: Vec<String>,
-    pub policy: QueuePolicy,
-    pub reconnect_max: Duration,
+    pub(crate) address: BusAddress,
+    pub(crate) rules: Vec<String>,
+    pub(crate) policy: QueuePolicy,
+    pub(crate) reconnect_max: Duration,
 }
 
 /// Drains `first` (an already open monitor, so that start-up reports a

@@ -43,14 +43,14 @@ pub struct Mapper {
 /// What one round of captured items became.
 pub struct Round {
     /// The events to record, credentials filled in from the cache.
-    pub events: Vec<RawEvent>,
+    pub(crate) events: Vec<RawEvent>,
     /// Unique names that joined the bus this round: looked up at once, so
     /// that a short-lived sender is still there when asked.
-    pub joined: Vec<String>,
+    pub(crate) joined: Vec<String>,
     /// Unique names that left this round: not to be cached.
-    pub left: Vec<String>,
+    pub(crate) left: Vec<String>,
     /// The capture's new resolver connection, if it reconnected.
-    pub resolver: Option<zbus::Connection>,
+    pub(crate) resolver: Option<zbus::Connection>,
 }
 
 impl Mapper {

@@ -3,13 +3,13 @@
 //! `org.opdbus` service. The pipeline side of capture is the
 //! [`DbusIngest`](crate::actors::dbus_ingest) actor.
 
-pub mod capture;
-pub mod mapping;
-pub mod names;
-pub mod policy;
-pub mod proxy;
-pub mod rules;
-pub mod service;
+pub(crate) mod capture;
+pub(crate) mod mapping;
+pub(crate) mod names;
+pub(crate) mod policy;
+pub(crate) mod proxy;
+pub(crate) mod rules;
+pub(crate) mod service;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

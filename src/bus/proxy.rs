@@ -17,7 +17,7 @@ use crate::config::BusAddress;
 /// [`SERVICE_NAME`](super::SERVICE_NAME) and friends). See
 /// [`super::service`] for what each member does.
 #[zbus::proxy(interface = "org.opdbus.Chain1", default_service = "org.opdbus", default_path = "/org/opdbus/Chain")]
-pub trait Chain1 {
+pub(crate) trait Chain1 {
     /// The last durable block: (seq, hash).
     fn head(&self) -> Result<(u64, String), ChainError>;
 

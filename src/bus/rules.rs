@@ -27,12 +27,12 @@ impl Kind {
 /// The header fields a rule can look at.
 #[derive(Clone, Copy, Debug)]
 pub struct Meta<'a> {
-    pub kind: Kind,
-    pub interface: Option<&'a str>,
-    pub member: Option<&'a str>,
-    pub path: Option<&'a str>,
+    pub(crate) kind: Kind,
+    pub(crate) interface: Option<&'a str>,
+    pub(crate) member: Option<&'a str>,
+    pub(crate) path: Option<&'a str>,
     /// The sender's unique name.
-    pub sender: Option<&'a str>,
+    pub(crate) sender: Option<&'a str>,
 }
 
 const NAME_OWNER_CHANGED: &str =

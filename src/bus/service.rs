@@ -56,15 +56,15 @@ pub enum ChainError {
 /// What the service reads from and submits to.
 #[derive(Clone)]
 pub struct ServiceParts {
-    pub layout: Layout,
-    pub index: Index,
-    pub health: Arc<Health>,
+    pub(crate) layout: Layout,
+    pub(crate) index: Index,
+    pub(crate) health: Arc<Health>,
     /// Taken away at shutdown, so that the pipeline can drain.
-    pub source: Arc<Mutex<Option<Submitter>>>,
-    pub limits: Limits,
-    pub snapshotter: actix::Recipient<SnapshotNow>,
+    pub(crate) source: Arc<Mutex<Option<Submitter>>>,
+    pub(crate) limits: Limits,
+    pub(crate) snapshotter: actix::Recipient<SnapshotNow>,
     /// The search vectors' engine; `None` at vector level none.
-    pub vectors: Option<Arc<crate::ml::engine::Engine>>,
+    pub(crate) vectors: Option<Arc<crate::ml::engine::Engine>>,
 }
 
 pub struct ChainService {
@@ -91,23 +91,23 @@ async fn blocking<T: Send + 'static>(
 /// One result row of `Search`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, zbus::Type)]
 pub struct SearchRow {
-    pub seq: u64,
-    pub score: f64,
-    pub captured_ns: i64,
-    pub plugin_id: String,
-    pub operation: String,
-    pub summary: String,
+    pub(crate) seq: u64,
+    pub(crate) score: f64,
+    pub(crate) captured_ns: i64,
+    pub(crate) plugin_id: String,
+    pub(crate) operation: String,
+    pub(crate) summary: String,
 }
 
 /// One result row of `Query`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, zbus::Type)]
 pub struct BlockSummary {
-    pub seq: u64,
-    pub hash: String,
-    pub captured_ns: i64,
-    pub plugin_id: String,
-    pub operation: String,
-    pub path: String,
+    pub(crate) seq: u64,
+    pub(crate) hash: String,
+    pub(crate) captured_ns: i64,
+    pub(crate) plugin_id: String,
+    pub(crate) operation: String,
+    pub(crate) path: String,
 }
 
 #[zbus::interface(name = "org.opdbus.Chain1")]

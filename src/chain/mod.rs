@@ -35,7 +35,7 @@ pub enum StoreError {
     Injected(&'static str),
 }
 
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
@@ -51,15 +51,15 @@ pub fn segment_header(magic: &[u8; 8], extra: u32, first_seq: u64) -> [u8; HEADE
 /// A vector to store with a block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Embedding {
-    pub model: &'static str,
-    pub values: Vec<f32>,
+    pub(crate) model: &'static str,
+    pub(crate) values: Vec<f32>,
 }
 
 /// A footprint waiting for its seq.
 #[derive(Clone, Debug)]
 pub struct Record {
-    pub footprint: Footprint,
-    pub embedding: Option<Embedding>,
+    pub(crate) footprint: Footprint,
+    pub(crate) embedding: Option<Embedding>,
 }
 
 /// What the index needs to know of a durable block.
@@ -94,9 +94,9 @@ impl Appended {
 /// The head of the chain: the next seq to assign and the hash it links to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
-    pub next_seq: u64,
-    pub hash: Hash,
-    pub timestamp_ns: i64,
+    pub(crate) next_seq: u64,
+    pub(crate) hash: Hash,
+    pub(crate) timestamp_ns: i64,
 }
 
 impl Head {
@@ -112,9 +112,9 @@ impl Head {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Recovery {
     /// Bytes cut from the end of the last segment (a torn tail).
-    pub cut_bytes: u64,
+    pub(crate) cut_bytes: u64,
     /// Vector bytes cut (written for a batch whose blocks never became durable).
-    pub cut_vector_bytes: u64,
+    pub(crate) cut_vector_bytes: u64,
 }
 
 struct VectorFile {
@@ -440,7 +440,7 @@ pub(crate) mod testing {
     use crate::codec::{data_hash, Footprint, Source, Value};
 
     /// Record `i` of plugin `plugin`, data `{"i": i, "p": payload}`, captured at `i` ns.
-    pub fn record(i: u64, plugin: &str, payload: &str, with_vector: bool) -> Record {
+    pub(crate) fn record(i: u64, plugin: &str, payload: &str, with_vector: bool) -> Record {
         let data = Value::map(vec![
             (Value::Str("i".into()), Value::UInt(i)),
             (Value::Str("p".into()), Value::Str(payload.into())),

@@ -149,7 +149,7 @@ impl FrameReader {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredBlock {
     pub body: BlockBody,
-    pub hash: Hash,
+    pub(crate) hash: Hash,
 }
 
 /// Splits a frame payload into body bytes and stored hash.
@@ -181,11 +181,11 @@ pub fn check_header(bytes: &[u8], magic: &[u8; 8]) -> Result<(u64, u32), &'stati
 
 /// Result of scanning the tail of the chain at open.
 pub struct TailScan {
-    pub head: Head,
+    pub(crate) head: Head,
     /// Length of the last segment up to its last sound frame.
-    pub valid_len: u64,
+    pub(crate) valid_len: u64,
     /// Per vector model: end of the last vector referenced from the last segment.
-    pub vector_ends: BTreeMap<String, u64>,
+    pub(crate) vector_ends: BTreeMap<String, u64>,
 }
 
 /// Scans the last segment (and the one before it when the last is empty) to

@@ -54,32 +54,32 @@ impl FaultKind {
 #[derive(Clone, Debug, Serialize)]
 pub struct Fault {
     pub seq: u64,
-    pub kind: FaultKind,
-    pub file: String,
-    pub offset: u64,
-    pub detail: String,
+    pub(crate) kind: FaultKind,
+    pub(crate) file: String,
+    pub(crate) offset: u64,
+    pub(crate) detail: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TornTail {
-    pub file: String,
-    pub offset: u64,
-    pub bytes: u64,
-    pub reason: &'static str,
+    pub(crate) file: String,
+    pub(crate) offset: u64,
+    pub(crate) bytes: u64,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub ok: bool,
-    pub blocks: u64,
+    pub(crate) blocks: u64,
     pub segments: usize,
     pub head_seq: Option<u64>,
-    pub head_hash: Option<String>,
+    pub(crate) head_hash: Option<String>,
     /// An unfinished write after the last sound block (a crash, or a
     /// writer still busy): not a fault; the next start cuts it.
-    pub torn_tail: Option<TornTail>,
+    pub(crate) torn_tail: Option<TornTail>,
     pub fault: Option<Fault>,
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 /// What each worker finds in one frame.

@@ -40,23 +40,23 @@ pub const EXIT_FAILURE: u8 = 3;
 #[command(name = "op-dbus", version, about = "Tamper-evident flight recorder of system state changes")]
 pub struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub(crate) global: Global,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// State directory (chain, vectors, index) [env: OP_DBUS_STATE_DIR] [default: /var/lib/op-dbus]
     #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// Configuration file [default: /etc/op-dbus/op-dbus.toml if it exists]
     #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: the pipeline and the metrics endpoint, until SIGTERM or SIGINT.
     Run(RunArgs),
     /// Append footprints from a JSON-lines file (or - for stdin).
@@ -94,7 +94,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SnapshotsCmd {
+pub(crate) enum SnapshotsCmd {
     /// Every snapshot, oldest first.
     List(JsonArg),
     /// Prove a snapshot's chain (or every snapshot's) matches the live chain up to its head.
@@ -112,7 +112,7 @@ pub enum SnapshotsCmd {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SnapshotCmd {
+pub(crate) enum SnapshotCmd {
     /// Take a snapshot now.
     Now {
         /// Bus the running daemon serves on [default: service.address, else bus.address]
@@ -122,85 +122,85 @@ pub enum SnapshotCmd {
 }
 
 #[derive(Debug, Args)]
-pub struct SubmitArgs {
-    pub plugin_id: String,
-    pub operation: String,
+pub(crate) struct SubmitArgs {
+    pub(crate) plugin_id: String,
+    pub(crate) operation: String,
     /// Event data as JSON
-    pub data_json: String,
+    pub(crate) data_json: String,
     /// Bus the daemon serves on: system, session or an address [default: service.address, else bus.address]
     #[arg(long)]
-    pub bus: Option<String>,
+    pub(crate) bus: Option<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Vector level: none, heuristic, low, medium, high [env: OP_DBUS_VECTOR_LEVEL]
     #[arg(long)]
-    pub vector_level: Option<String>,
+    pub(crate) vector_level: Option<String>,
     /// Most events per commit [env: OP_DBUS_MAX_BATCH]
     #[arg(long)]
-    pub max_batch: Option<i64>,
+    pub(crate) max_batch: Option<i64>,
     /// Longest wait for more events before a commit, in ms [env: OP_DBUS_MAX_WAIT_MS]
     #[arg(long)]
-    pub max_wait_ms: Option<i64>,
+    pub(crate) max_wait_ms: Option<i64>,
     /// Address for /metrics and /health [env: OP_DBUS_METRICS_LISTEN]
     #[arg(long)]
-    pub metrics_listen: Option<String>,
+    pub(crate) metrics_listen: Option<String>,
     /// Do not serve metrics
     #[arg(long)]
-    pub no_metrics: bool,
+    pub(crate) no_metrics: bool,
     /// Bus to record: system, session, or an address such as unix:path=/run/bus [env: OP_DBUS_BUS]
     #[arg(long)]
-    pub bus: Option<String>,
+    pub(crate) bus: Option<String>,
     /// Record no bus (only Submit and imports)
     #[arg(long)]
-    pub no_bus: bool,
+    pub(crate) no_bus: bool,
     /// Do not serve org.opdbus
     #[arg(long)]
-    pub no_service: bool,
+    pub(crate) no_service: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// File to read, or - for standard input
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Skip bad lines (each is reported) instead of stopping at the first
     #[arg(long)]
-    pub skip_invalid: bool,
+    pub(crate) skip_invalid: bool,
     /// Print a JSON line to stdout each time a batch is durable
     #[arg(long)]
-    pub report_commits: bool,
+    pub(crate) report_commits: bool,
     /// Print the summary as JSON
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Vector level for these records [env: OP_DBUS_VECTOR_LEVEL]
     #[arg(long)]
-    pub vector_level: Option<String>,
+    pub(crate) vector_level: Option<String>,
     /// Most events per commit [env: OP_DBUS_MAX_BATCH]
     #[arg(long)]
-    pub max_batch: Option<i64>,
+    pub(crate) max_batch: Option<i64>,
 }
 
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// Print the report as JSON
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// The block filters `log` and `search` share.
 #[derive(Debug, Args)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Captured at or after this time (RFC 3339 or ns since the epoch)
     #[arg(long)]
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Captured before this time (RFC 3339 or ns since the epoch)
     #[arg(long)]
-    pub until: Option<String>,
+    pub(crate) until: Option<String>,
     #[arg(long)]
-    pub plugin: Option<String>,
+    pub(crate) plugin: Option<String>,
     #[arg(long)]
-    pub operation: Option<String>,
+    pub(crate) operation: Option<String>,
 }
 
 impl FilterArgs {
@@ -216,62 +216,62 @@ impl FilterArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LogArgs {
+pub(crate) struct LogArgs {
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub(crate) filter: FilterArgs,
     /// Show only the most recent N matches
     #[arg(long)]
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// One JSON object per line
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     /// What to look for, in words (at the heuristic level: bus names, operations, paths, verbs)
-    pub text: String,
+    pub(crate) text: String,
     /// How many results
     #[arg(long, default_value_t = 10)]
-    pub k: usize,
+    pub(crate) k: usize,
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub(crate) filter: FilterArgs,
     /// Search this level's vectors [default: the level the daemon uses, else vector.level]
     #[arg(long)]
-    pub level: Option<String>,
+    pub(crate) level: Option<String>,
     /// Print the result as JSON
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct EmbedArgs {
+pub(crate) struct EmbedArgs {
     /// Fill the store of the level's model from the chain (the daemon does this itself while it runs)
     #[arg(long, required = true)]
-    pub backfill: bool,
+    pub(crate) backfill: bool,
     /// Vector level [env: OP_DBUS_VECTOR_LEVEL; default: vector.level]
     #[arg(long)]
-    pub level: Option<String>,
+    pub(crate) level: Option<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     /// A seq number or a block hash (64 hex digits)
-    pub id: String,
+    pub(crate) id: String,
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct JsonArg {
+pub(crate) struct JsonArg {
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// A failure with the exit code it maps to.
 pub struct Failure {
-    pub code: u8,
-    pub error: anyhow::Error,
+    pub(crate) code: u8,
+    pub(crate) error: anyhow::Error,
 }
 
 impl Failure {

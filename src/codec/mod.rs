@@ -10,7 +10,7 @@
 //! - maps have unique keys, sorted by the bytes of their canonical encoding;
 //! - structs are positional arrays (rmp-serde's default), `None` is nil.
 
-pub mod dbus;
+pub(crate) mod dbus;
 
 use std::fmt;
 
@@ -111,42 +111,42 @@ impl Source {
 /// Credentials of the sender, where the bus told us.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
-    pub uid: Option<u32>,
-    pub pid: Option<u32>,
-    pub unit: Option<String>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) pid: Option<u32>,
+    pub(crate) unit: Option<String>,
 }
 
 /// One recorded event, as stored in a block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Footprint {
     pub source: Source,
-    pub plugin_id: String,
+    pub(crate) plugin_id: String,
     pub operation: String,
-    pub path: Option<String>,
-    pub sender: Option<String>,
-    pub creds: Option<Credentials>,
+    pub(crate) path: Option<String>,
+    pub(crate) sender: Option<String>,
+    pub(crate) creds: Option<Credentials>,
     /// Capture time, UTC nanoseconds since the Unix epoch.
-    pub captured_ns: i64,
+    pub(crate) captured_ns: i64,
     /// D-Bus type signature of `data`; empty for untyped (JSON) data.
-    pub signature: String,
+    pub(crate) signature: String,
     /// Canonical MessagePack encoding of the event data (see [`Value`]).
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     #[serde(with = "hash_bytes")]
-    pub data_hash: Hash,
-    pub flags: u32,
+    pub(crate) data_hash: Hash,
+    pub(crate) flags: u32,
 }
 
 /// Reference from a block to its vector in `@vectors/`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VectorRef {
     /// Model id, e.g. `heuristic-v1`; names the folder under `@vectors/`.
-    pub model: String,
-    pub dims: u32,
+    pub(crate) model: String,
+    pub(crate) dims: u32,
     /// Byte offset of the vector in the vector file paired with the block's segment.
-    pub offset: u64,
+    pub(crate) offset: u64,
     #[serde(with = "hash_bytes")]
-    pub hash: Hash,
+    pub(crate) hash: Hash,
 }
 
 /// Everything a block's hash covers. Encoded as a 6-element array.
@@ -167,13 +167,13 @@ pub struct BlockBody {
 /// exactly; `body_ref_encodes_like_body` checks it.
 #[derive(Serialize)]
 pub struct BlockBodyRef<'a> {
-    pub version: u32,
-    pub seq: u64,
+    pub(crate) version: u32,
+    pub(crate) seq: u64,
     #[serde(with = "hash_bytes")]
-    pub prev_hash: &'a Hash,
-    pub timestamp_ns: i64,
-    pub footprint: &'a Footprint,
-    pub vector: Option<&'a VectorRef>,
+    pub(crate) prev_hash: &'a Hash,
+    pub(crate) timestamp_ns: i64,
+    pub(crate) footprint: &'a Footprint,
+    pub(crate) vector: Option<&'a VectorRef>,
 }
 
 impl BlockBodyRef<'_> {
@@ -187,15 +187,15 @@ impl BlockBodyRef<'_> {
 /// `view_decodes_like_body` keeps the two in step.
 #[derive(Debug, Deserialize)]
 pub struct BlockView<'a> {
-    pub version: u32,
-    pub seq: u64,
+    pub(crate) version: u32,
+    pub(crate) seq: u64,
     #[serde(with = "hash_bytes")]
-    pub prev_hash: Hash,
-    pub timestamp_ns: i64,
+    pub(crate) prev_hash: Hash,
+    pub(crate) timestamp_ns: i64,
     #[serde(borrow)]
-    pub footprint: FootprintView<'a>,
+    pub(crate) footprint: FootprintView<'a>,
     #[serde(borrow)]
-    pub vector: Option<VectorView<'a>>,
+    pub(crate) vector: Option<VectorView<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,10 +211,10 @@ pub struct FootprintView<'a> {
     pub creds: Option<CredentialsView<'a>>,
     pub captured_ns: i64,
     pub signature: &'a str,
-    pub data: &'a [u8],
+    pub(crate) data: &'a [u8],
     #[serde(with = "hash_bytes")]
-    pub data_hash: Hash,
-    pub flags: u32,
+    pub(crate) data_hash: Hash,
+    pub(crate) flags: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,11 +227,11 @@ pub struct CredentialsView<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct VectorView<'a> {
-    pub model: &'a str,
-    pub dims: u32,
-    pub offset: u64,
+    pub(crate) model: &'a str,
+    pub(crate) dims: u32,
+    pub(crate) offset: u64,
     #[serde(with = "hash_bytes")]
-    pub hash: Hash,
+    pub(crate) hash: Hash,
 }
 
 impl<'a> BlockView<'a> {
@@ -748,7 +748,7 @@ mod tests {
 mod format_example {
     use super::*;
 
-    pub fn block() -> BlockBody {
+    pub(crate) fn block() -> BlockBody {
         let data = Value::map(vec![
             (Value::Str("unit".into()), Value::Str("nginx.service".into())),
             (Value::Str("result".into()), Value::Str("done".into())),

@@ -32,24 +32,24 @@ pub enum ConfigError {
 /// The effective configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    pub state_dir: PathBuf,
-    pub cache_dir: Option<PathBuf>,
-    pub vector_level: VectorLevel,
-    pub model_dir: PathBuf,
-    pub vector: VectorConfig,
-    pub max_batch: usize,
-    pub max_wait: Duration,
-    pub segment_max_bytes: u64,
-    pub max_data_bytes: usize,
-    pub max_depth: usize,
-    pub index_sync_interval: Duration,
-    pub metrics_enabled: bool,
-    pub metrics_listen: SocketAddr,
-    pub shutdown_deadline: Duration,
-    pub bus: BusConfig,
-    pub service: ServiceConfig,
-    pub snapshot: SnapshotConfig,
-    pub replicas: Vec<ReplicaConfig>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) vector_level: VectorLevel,
+    pub(crate) model_dir: PathBuf,
+    pub(crate) vector: VectorConfig,
+    pub(crate) max_batch: usize,
+    pub(crate) max_wait: Duration,
+    pub(crate) segment_max_bytes: u64,
+    pub(crate) max_data_bytes: usize,
+    pub(crate) max_depth: usize,
+    pub(crate) index_sync_interval: Duration,
+    pub(crate) metrics_enabled: bool,
+    pub(crate) metrics_listen: SocketAddr,
+    pub(crate) shutdown_deadline: Duration,
+    pub(crate) bus: BusConfig,
+    pub(crate) service: ServiceConfig,
+    pub(crate) snapshot: SnapshotConfig,
+    pub(crate) replicas: Vec<ReplicaConfig>,
 }
 
 /// The ML vector levels (`[vector]`, beside `level` and `model_dir`).
@@ -58,11 +58,11 @@ pub struct VectorConfig {
     /// `int8` (the dynamically quantized model files) or `fp32`.
     pub precision: Precision,
     /// ONNX Runtime threads for the vector worker.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Texts embedded per model run (sorted by length first).
     pub batch: usize,
     /// Entries the embedding cache keeps (two generations of half each); 0: no cache.
-    pub cache_entries: u64,
+    pub(crate) cache_entries: u64,
 }
 
 /// Snapshots (`[snapshot]`).
@@ -135,15 +135,15 @@ impl QueuePolicy {
 pub struct MatchRule {
     /// signal, method_call, method_return or error
     #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub interface: Option<String>,
-    pub member: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) interface: Option<String>,
+    pub(crate) member: Option<String>,
     /// Exact object path.
-    pub path: Option<String>,
+    pub(crate) path: Option<String>,
     /// Object path or anything below it.
-    pub path_namespace: Option<String>,
+    pub(crate) path_namespace: Option<String>,
     /// Unique name (`:1.42`) or a well-known name the sender owns.
-    pub sender: Option<String>,
+    pub(crate) sender: Option<String>,
 }
 
 /// Live capture from a bus (`[bus]`).
@@ -183,15 +183,15 @@ pub struct ServiceConfig {
 /// Overrides from command-line flags.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    pub state_dir: Option<PathBuf>,
-    pub vector_level: Option<String>,
-    pub max_batch: Option<i64>,
-    pub max_wait_ms: Option<i64>,
-    pub metrics_listen: Option<String>,
-    pub no_metrics: bool,
-    pub bus: Option<String>,
-    pub no_bus: bool,
-    pub no_service: bool,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) vector_level: Option<String>,
+    pub(crate) max_batch: Option<i64>,
+    pub(crate) max_wait_ms: Option<i64>,
+    pub(crate) metrics_listen: Option<String>,
+    pub(crate) no_metrics: bool,
+    pub(crate) bus: Option<String>,
+    pub(crate) no_bus: bool,
+    pub(crate) no_service: bool,
 }
 
 /// The built-in defaults (`config/op-dbus.toml`, compiled in), checked once like any other layer.

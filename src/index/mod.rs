@@ -22,10 +22,10 @@
 //! edge and stays packed. Hash lookups, whose keys are random, live in
 //! per-segment files instead ([`crate::index::hashes`]).
 
-pub mod hashes;
-pub mod indexer;
-pub mod query;
-pub mod witness;
+pub(crate) mod hashes;
+pub(crate) mod indexer;
+pub(crate) mod query;
+pub(crate) mod witness;
 
 use std::path::{Path, PathBuf};
 
@@ -55,9 +55,9 @@ pub enum IndexError {
 /// Position of a block in the chain files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
-    pub segment: u64,
-    pub offset: u64,
-    pub frame_len: u32,
+    pub(crate) segment: u64,
+    pub(crate) offset: u64,
+    pub(crate) frame_len: u32,
 }
 
 /// Cheap to clone: the environment is shared (heed's `Env` is reference-counted).
@@ -76,7 +76,7 @@ pub struct Index {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexedHead {
     pub seq: u64,
-    pub hash: Hash,
+    pub(crate) hash: Hash,
 }
 
 pub fn time_key(captured_ns: i64, seq: u64) -> [u8; 16] {

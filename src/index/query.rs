@@ -17,13 +17,13 @@ use crate::layout::Layout;
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     /// Capture time, inclusive lower bound (ns).
-    pub since: Option<i64>,
+    pub(crate) since: Option<i64>,
     /// Capture time, exclusive upper bound (ns).
-    pub until: Option<i64>,
-    pub plugin: Option<String>,
-    pub operation: Option<String>,
+    pub(crate) until: Option<i64>,
+    pub(crate) plugin: Option<String>,
+    pub(crate) operation: Option<String>,
     /// Keep only the most recent `limit` matches.
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 impl Filter {
@@ -238,40 +238,40 @@ pub fn data_json(b: &StoredBlock) -> serde_json::Value {
 /// replaced (serde_json sorted its keys), which scripts compare.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BlockJson {
-    pub captured: String,
-    pub captured_ns: i64,
-    pub creds: Option<CredsJson>,
+    pub(crate) captured: String,
+    pub(crate) captured_ns: i64,
+    pub(crate) creds: Option<CredsJson>,
     /// The event data (see [`data_json`]).
-    pub data: serde_json::Value,
-    pub data_hash: String,
-    pub hash: String,
-    pub operation: String,
-    pub path: Option<String>,
-    pub plugin_id: String,
-    pub prev_hash: String,
-    pub sender: Option<String>,
-    pub seq: u64,
-    pub signature: String,
-    pub source: &'static str,
-    pub timestamp: String,
-    pub timestamp_ns: i64,
-    pub truncated: bool,
-    pub vector: Option<VectorJson>,
+    pub(crate) data: serde_json::Value,
+    pub(crate) data_hash: String,
+    pub(crate) hash: String,
+    pub(crate) operation: String,
+    pub(crate) path: Option<String>,
+    pub(crate) plugin_id: String,
+    pub(crate) prev_hash: String,
+    pub(crate) sender: Option<String>,
+    pub(crate) seq: u64,
+    pub(crate) signature: String,
+    pub(crate) source: &'static str,
+    pub(crate) timestamp: String,
+    pub(crate) timestamp_ns: i64,
+    pub(crate) truncated: bool,
+    pub(crate) vector: Option<VectorJson>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CredsJson {
-    pub pid: Option<u32>,
-    pub uid: Option<u32>,
-    pub unit: Option<String>,
+    pub(crate) pid: Option<u32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) unit: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VectorJson {
-    pub dims: u32,
-    pub hash: String,
-    pub model: String,
-    pub offset: u64,
+    pub(crate) dims: u32,
+    pub(crate) hash: String,
+    pub(crate) model: String,
+    pub(crate) offset: u64,
 }
 
 /// One block as [`BlockJson`].

@@ -145,9 +145,9 @@ pub fn delete_subvolume(path: &Path) -> io::Result<()> {
 /// What the chain records about a snapshot's subvolume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubvolInfo {
-    pub uuid: [u8; 16],
-    pub generation: u64,
-    pub received_uuid: [u8; 16],
+    pub(crate) uuid: [u8; 16],
+    pub(crate) generation: u64,
+    pub(crate) received_uuid: [u8; 16],
 }
 
 impl SubvolInfo {

@@ -55,8 +55,8 @@ pub const SNAPSHOTS_DIR: &str = "@snapshots";
 /// The three areas of a state dir.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    pub state_dir: PathBuf,
-    pub timing: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) timing: PathBuf,
     pub vectors: PathBuf,
     pub cache: PathBuf,
 }

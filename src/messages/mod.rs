@@ -22,7 +22,7 @@ pub type Ack = oneshot::Sender<Result<Committed, PipelineError>>;
 pub struct Committed {
     pub first_seq: u64,
     pub last_seq: u64,
-    pub head_hash: Hash,
+    pub(crate) head_hash: Hash,
 }
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,28 +49,28 @@ pub struct RawEvent {
 
 /// Source -> Footprinter.
 pub struct RawEventBatch {
-    pub events: Vec<RawEvent>,
-    pub ack: Option<Ack>,
+    pub(crate) events: Vec<RawEvent>,
+    pub(crate) ack: Option<Ack>,
 }
 
 /// Footprinter -> Embedder: footprints with the decoded data kept beside
 /// them so the Embedder does not decode what the Footprinter just encoded.
 pub struct FootprintBatch {
-    pub items: Vec<(Footprint, Value)>,
-    pub ack: Option<Ack>,
+    pub(crate) items: Vec<(Footprint, Value)>,
+    pub(crate) ack: Option<Ack>,
 }
 
 /// Embedder -> ChainWriter.
 pub struct RecordBatch {
-    pub records: Vec<Record>,
-    pub ack: Option<Ack>,
+    pub(crate) records: Vec<Record>,
+    pub(crate) ack: Option<Ack>,
 }
 
 /// ChainWriter -> CacheIndexer (and later Snapshotter, the feed): blocks
 /// that are durable. Shared, because every subscriber gets the same batch.
 #[derive(Clone)]
 pub struct CommittedBlocks {
-    pub blocks: Arc<Vec<Appended>>,
+    pub(crate) blocks: Arc<Vec<Appended>>,
 }
 
 impl Batch for RawEventBatch {
@@ -192,7 +192,7 @@ pub enum SnapshotError {
 #[derive(actix::Message)]
 #[rtype(result = "Result<Option<SnapshotMeta>, SnapshotError>")]
 pub struct TakeSnapshot {
-    pub unless_head: Option<u64>,
+    pub(crate) unless_head: Option<u64>,
 }
 
 /// Command to the Snapshotter: take a snapshot now and record it; `last`
@@ -202,5 +202,5 @@ pub struct TakeSnapshot {
 #[derive(actix::Message)]
 #[rtype(result = "Result<Option<SnapshotMeta>, SnapshotError>")]
 pub struct SnapshotNow {
-    pub last: bool,
+    pub(crate) last: bool,
 }

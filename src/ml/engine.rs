@@ -69,7 +69,7 @@ pub struct EmbedStats {
     /// Texts found in the cache or earlier in the same call.
     pub hits: u64,
     /// Texts the model embedded.
-    pub misses: u64,
+    pub(crate) misses: u64,
 }
 
 impl Engine {
@@ -318,13 +318,13 @@ pub fn write_state(state_dir: &Path, level: VectorLevel, engine: &Engine) -> std
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct VectorState {
     #[serde(default)]
-    pub level: Option<String>,
+    pub(crate) level: Option<String>,
     #[serde(default)]
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     #[serde(default)]
-    pub dims: Option<usize>,
+    pub(crate) dims: Option<usize>,
     #[serde(default)]
-    pub fallback: Option<String>,
+    pub(crate) fallback: Option<String>,
 }
 
 /// The state the daemon (or the last backfill) wrote, if any.

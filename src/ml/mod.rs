@@ -8,7 +8,7 @@
 pub mod cache;
 pub mod engine;
 pub mod onnx;
-pub mod search;
+pub(crate) mod search;
 pub mod store;
 pub mod text;
 pub mod worker;

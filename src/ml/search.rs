@@ -23,15 +23,15 @@ pub const MAX_K: usize = 1000;
 /// printed them (it went through a sorted `serde_json::Value`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Hit {
-    pub captured_ns: i64,
-    pub operation: String,
-    pub plugin: String,
+    pub(crate) captured_ns: i64,
+    pub(crate) operation: String,
+    pub(crate) plugin: String,
     /// Printed as the f64 it widens to, as it always was.
     #[serde(serialize_with = "f32_as_f64")]
-    pub score: f32,
-    pub seq: u64,
-    pub summary: String,
-    pub time: String,
+    pub(crate) score: f32,
+    pub(crate) seq: u64,
+    pub(crate) summary: String,
+    pub(crate) time: String,
 }
 
 fn f32_as_f64<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
@@ -40,13 +40,13 @@ fn f32_as_f64<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SearchResult {
-    pub hits: Vec<Hit>,
+    pub(crate) hits: Vec<Hit>,
     /// The model whose vectors were searched.
-    pub model: String,
+    pub(crate) model: String,
     /// Blocks scored (after the filters).
-    pub scored: u64,
+    pub(crate) scored: u64,
     /// Blocks with a vector (the rest of the chain is not searched yet).
-    pub vectors: u64,
+    pub(crate) vectors: u64,
 }
 
 /// A search of a state dir ([`search_state`]): the result and the chain's
@@ -54,9 +54,9 @@ pub struct SearchResult {
 /// it: `chain` and then the result's fields, in alphabetical order.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SearchOutcome {
-    pub chain: u64,
+    pub(crate) chain: u64,
     #[serde(flatten)]
-    pub result: SearchResult,
+    pub(crate) result: SearchResult,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,16 +80,16 @@ pub enum SearchError {
 
 /// What to search a state dir for, and with which model.
 pub struct SearchRequest<'a> {
-    pub text: &'a str,
-    pub k: usize,
-    pub filter: &'a Filter,
+    pub(crate) text: &'a str,
+    pub(crate) k: usize,
+    pub(crate) filter: &'a Filter,
     /// The configured level, model files and precision.
-    pub engine: &'a EngineConfig,
+    pub(crate) engine: &'a EngineConfig,
     /// `vector.cache_entries` (the query cache of an ML model).
-    pub cache_entries: u64,
+    pub(crate) cache_entries: u64,
     /// Search the model the daemon says it uses (`vectors.json`: it may
     /// have fallen back); false when a level was asked for.
-    pub recorded_model: bool,
+    pub(crate) recorded_model: bool,
 }
 
 /// `op-dbus search`: picks the model (the daemon's, else the level's),

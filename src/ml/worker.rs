@@ -122,19 +122,19 @@ const BACKFILL_PROGRESS: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backfill {
     /// The model whose store was filled.
-    pub model: String,
+    pub(crate) model: String,
     /// Blocks embedded now.
-    pub blocks: u64,
+    pub(crate) blocks: u64,
     /// Blocks with a vector of `model` now.
-    pub stored: u64,
+    pub(crate) stored: u64,
     /// The chain's length when the backfill started (how far it filled).
-    pub chain: u64,
+    pub(crate) chain: u64,
     /// Texts found in the embedding cache, and not.
-    pub hits: u64,
-    pub misses: u64,
-    pub seconds: f64,
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) seconds: f64,
     /// Why the level's model did not load, if `model` is the fallback.
-    pub fallback: Option<String>,
+    pub(crate) fallback: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

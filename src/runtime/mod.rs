@@ -25,7 +25,7 @@
 //! There is no supervisor to restart an actor, so nothing keeps addresses
 //! alive for one.
 
-pub mod edge;
+pub(crate) mod edge;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -97,7 +97,7 @@ pub trait Stage: Actor<Context = Context<Self>> {
 
 /// A stage running on its own thread.
 pub struct Running<A: Actor> {
-    pub addr: Addr<A>,
+    pub(crate) addr: Addr<A>,
     thread: Arbiter,
 }
 

@@ -48,11 +48,11 @@ pub struct ReplicaConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaProgress {
     /// The last snapshot this replica received in full.
-    pub acked: Option<String>,
-    pub acked_head_seq: Option<u64>,
-    pub acked_taken_ns: Option<i64>,
-    pub bytes_sent: u64,
-    pub last_error: Option<String>,
+    pub(crate) acked: Option<String>,
+    pub(crate) acked_head_seq: Option<u64>,
+    pub(crate) acked_taken_ns: Option<i64>,
+    pub(crate) bytes_sent: u64,
+    pub(crate) last_error: Option<String>,
 }
 
 pub type Progress = BTreeMap<String, ReplicaProgress>;
@@ -81,7 +81,7 @@ pub fn protected(layout: &Layout) -> Vec<String> {
 
 #[derive(Debug)]
 pub struct Sent {
-    pub snapshot: String,
+    pub(crate) snapshot: String,
     pub incremental: bool,
     pub bytes: u64,
 }
@@ -259,10 +259,10 @@ pub fn pass(
 /// What one replica got in a pass.
 #[derive(Debug)]
 pub struct ReplicaOutcome {
-    pub name: String,
+    pub(crate) name: String,
     /// `Ok(None)`: it was up to date; `Err`: what failed (also kept in
     /// `replication.json` as its `last_error`).
-    pub result: Result<Option<Sent>, ReplicateError>,
+    pub(crate) result: Result<Option<Sent>, ReplicateError>,
 }
 
 /// A replication request that cannot be served as asked.

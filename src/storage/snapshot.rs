@@ -32,22 +32,22 @@ const META: &str = "snapshot.json";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AreaMeta {
     /// `@timing`, `@vectors` or `@cache`.
-    pub area: String,
+    pub(crate) area: String,
     /// Subvolume UUID and generation (BTRFS only).
-    pub uuid: Option<String>,
-    pub generation: Option<u64>,
+    pub(crate) uuid: Option<String>,
+    pub(crate) generation: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     pub name: String,
-    pub taken_ns: i64,
+    pub(crate) taken_ns: i64,
     /// The last block it holds.
     pub head_seq: u64,
-    pub head_hash: String,
+    pub(crate) head_hash: String,
     /// `btrfs` or `copy`.
-    pub kind: String,
-    pub areas: Vec<AreaMeta>,
+    pub(crate) kind: String,
+    pub(crate) areas: Vec<AreaMeta>,
 }
 
 pub fn snapshots_dir(layout: &Layout) -> PathBuf {
@@ -299,13 +299,13 @@ pub fn verify(live: &crate::layout::Layout, index: Option<&crate::index::Index>,
 /// The verdict on one snapshot (`snapshots verify --json` prints it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SnapshotCheck {
-    pub name: String,
-    pub ok: bool,
+    pub(crate) name: String,
+    pub(crate) ok: bool,
     /// What is wrong, if anything (see [`verify`]).
-    pub problem: Option<String>,
+    pub(crate) problem: Option<String>,
     /// The seq the snapshot was taken at.
     #[serde(skip)]
-    pub head_seq: u64,
+    pub(crate) head_seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
