@@ -235,3 +235,167 @@ pub fn snapshot_record(meta: &SnapshotMeta) -> RawEvent {
         ]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::actors::embedder::Embedder;
+    use crate::actors::footprinter::Footprinter;
+    use crate::chain::ChainStore;
+    use crate::health::Health;
+    use crate::index::Index;
+    use crate::ml::VectorLevel;
+    use crate::runtime::edge::edge;
+    use crate::runtime::{start, start_actor, Running};
+
+    /// The pipeline up to a real ChainWriter (chain and LMDB index in a
+    /// tempdir), and a Snapshotter with it; `protected` is what the
+    /// replicas still need.
+    struct Rig {
+        snapshotter: Running<Snapshotter>,
+        submitter: Submitter,
+        layout: Layout,
+        protected: Arc<Mutex<Vec<String>>>,
+        _stages: (Running<ChainWriter>, Running<Embedder>, Running<Footprinter>),
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig(interval: Interval, retention: Retention) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), None);
+        layout.create_dirs().unwrap();
+        let (store, _) = ChainStore::open(&layout, 1 << 30).unwrap();
+        let index = Index::open_or_reset(&layout.cache).unwrap();
+        let (chain_tx, chain_rx) = edge("embedder->chain_writer", ChainWriter::INBOX_CAPACITY);
+        let (embed_tx, embed_rx) = edge("footprinter->embedder", Embedder::INBOX_CAPACITY);
+        let (source_tx, source_rx) = edge("source->footprinter", Footprinter::INBOX_CAPACITY);
+        let health = Arc::new(Health::default());
+        let writer =
+            start(chain_rx, move || ChainWriter::new(store, vec![], 4096, Duration::ZERO, health).with_index(index));
+        let embedder = start(embed_rx, move || Embedder::new(chain_tx, VectorLevel::None));
+        let footprinter = start(source_rx, move || Footprinter::new(embed_tx, 1 << 20));
+        let submitter = Submitter::new(source_tx);
+        let protected = Arc::new(Mutex::new(Vec::new()));
+        let snapshotter = {
+            let (addr, sub, layout, names) =
+                (writer.addr.clone(), submitter.clone(), layout.clone(), protected.clone());
+            let protected = Box::new(move || names.lock().unwrap().clone());
+            start_actor(move || Snapshotter::new(addr, sub, layout, interval, retention, protected))
+        };
+        Rig { snapshotter, submitter, layout, protected, _stages: (writer, embedder, footprinter), _dir: dir }
+    }
+
+    const TIMED: Interval = Interval::Every(Duration::from_secs(3600));
+    const KEEP_ALL: Retention = Retention { recent: 1000, hourly: 0, daily: 0, weekly: 0 };
+
+    impl Rig {
+        /// Appends `n` events, durably.
+        async fn append(&self, n: u64) {
+            let events = (0..n)
+                .map(|i| RawEvent {
+                    source: Source::Submit,
+                    plugin_id: "org.example.app".into(),
+                    operation: "org.example.app.Changed".into(),
+                    path: None,
+                    sender: None,
+                    creds: None,
+                    captured_ns: crate::codec::now_ns(),
+                    signature: String::new(),
+                    data: Value::UInt(i),
+                })
+                .collect();
+            self.submitter.submit(events).await.unwrap();
+        }
+
+        async fn snapshot_now(&self, last: bool) -> Option<SnapshotMeta> {
+            self.snapshotter.addr.send(SnapshotNow { last }).await.unwrap().unwrap()
+        }
+
+        fn names(&self) -> Vec<String> {
+            snapshot::list(&self.layout).into_iter().map(|s| s.name).collect()
+        }
+
+        /// The block at `seq`, if the chain has it.
+        fn block(&self, seq: u64) -> Option<crate::chain::reader::StoredBlock> {
+            crate::index::query::by_seq(&self.layout, None, seq).unwrap()
+        }
+    }
+
+    #[actix_rt::test]
+    async fn snapshot_now_on_an_empty_chain_takes_nothing() {
+        let r = rig(TIMED, KEEP_ALL);
+        assert_eq!(r.snapshot_now(false).await, None);
+        assert!(r.names().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_snapshot_is_recorded_in_the_chain_right_after_its_head() {
+        let r = rig(TIMED, KEEP_ALL);
+        r.append(5).await;
+        let meta = r.snapshot_now(false).await.expect("a snapshot");
+        assert_eq!(meta.head_seq, 4);
+        assert_eq!(r.names(), vec![meta.name.clone()]);
+        let record = r.block(meta.head_seq + 1).expect("the snapshot's record");
+        assert_eq!(record.body.footprint.operation, SNAPSHOT_OPERATION);
+        assert_eq!(Value::decode(&record.body.footprint.data).unwrap(), snapshot_record(&meta).data);
+    }
+
+    #[actix_rt::test]
+    async fn a_snapshot_with_nothing_new_since_the_last_one_and_its_record_is_not_taken() {
+        let r = rig(TIMED, KEEP_ALL);
+        r.append(3).await;
+        let first = r.snapshot_now(false).await.expect("a snapshot");
+        assert_eq!(r.snapshot_now(false).await, None, "its own record is not news");
+        assert_eq!(r.names(), [first.name]);
+        assert!(r.block(first.head_seq + 2).is_none(), "no second record");
+    }
+
+    #[actix_rt::test]
+    async fn two_concurrent_snapshot_requests_never_snapshot_the_same_head_twice() {
+        let r = rig(TIMED, KEEP_ALL);
+        r.append(3).await;
+        let (a, b) = tokio::join!(r.snapshot_now(false), r.snapshot_now(false));
+        let heads: Vec<u64> = [a, b].into_iter().flatten().map(|m| m.head_seq).collect();
+        assert!(!heads.is_empty());
+        assert!(heads.len() == 1 || heads[0] != heads[1], "two snapshots of head {}", heads[0]);
+        assert_eq!(r.names().len(), heads.len());
+    }
+
+    #[actix_rt::test]
+    async fn the_final_snapshot_request_with_snapshots_off_takes_nothing() {
+        let r = rig(Interval::Off, KEEP_ALL);
+        r.append(3).await;
+        assert_eq!(r.snapshot_now(true).await, None);
+        assert!(r.names().is_empty());
+        assert!(r.block(3).is_none(), "no record either");
+    }
+
+    const KEEP_ONE: Retention = Retention { recent: 1, hourly: 0, daily: 0, weekly: 0 };
+
+    #[actix_rt::test]
+    async fn rotation_keeps_only_the_newest_snapshot_when_max_recent_is_one() {
+        let r = rig(TIMED, KEEP_ONE);
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            r.append(1).await;
+            taken.push(r.snapshot_now(false).await.expect("a snapshot").name);
+        }
+        assert_eq!(r.names(), [taken[2].clone()]);
+    }
+
+    #[actix_rt::test]
+    async fn rotation_keeps_an_older_snapshot_a_replica_still_needs() {
+        let r = rig(TIMED, KEEP_ONE);
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            r.append(1).await;
+            taken.push(r.snapshot_now(false).await.expect("a snapshot").name);
+            if taken.len() == 1 {
+                r.protected.lock().unwrap().push(taken[0].clone());
+            }
+        }
+        assert_eq!(r.names(), [taken[0].clone(), taken[2].clone()]);
+    }
+}

@@ -141,3 +141,116 @@ impl<T: Batch + Send + 'static> Input for Inbox<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    // Not `super::*`: `Input::recv` (by value) would shadow `Inbox::recv`.
+    use super::{edge, Batch, Inbox};
+    use std::time::{Duration, Instant};
+
+    /// A batch of `.1` events, named `.0`.
+    #[derive(Debug, PartialEq)]
+    struct B(u32, usize);
+
+    impl Batch for B {
+        fn events(&self) -> usize {
+            self.1
+        }
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn names(got: &[B]) -> Vec<u32> {
+        got.iter().map(|b| b.0).collect()
+    }
+
+    /// The names of what one `recv` gathers; it must return within `DEADLINE`.
+    async fn gather(rx: &mut Inbox<B>, max_events: usize, linger: Duration) -> Vec<u32> {
+        names(&tokio::time::timeout(DEADLINE, rx.recv(max_events, linger)).await.expect("recv did not return"))
+    }
+
+    #[actix_rt::test]
+    async fn a_gathering_is_bounded_in_events_not_in_batches() {
+        let (tx, mut rx) = edge("test", 8);
+        for i in 0..4 {
+            tx.send(B(i, 3)).await.unwrap();
+        }
+        // 3 + 3 reaches 5 events: two batches, though 4 are queued.
+        assert_eq!(gather(&mut rx, 5, Duration::ZERO).await, [0, 1]);
+        assert_eq!(gather(&mut rx, 100, Duration::ZERO).await, [2, 3]);
+    }
+
+    #[actix_rt::test]
+    async fn without_linger_recv_takes_only_what_is_queued_and_returns_at_once() {
+        let (tx, mut rx) = edge("test", 8);
+        tx.send(B(0, 1)).await.unwrap();
+        tx.send(B(1, 1)).await.unwrap();
+        // The edge stays open: recv must not wait for more.
+        assert_eq!(gather(&mut rx, 100, Duration::ZERO).await, [0, 1]);
+    }
+
+    #[actix_rt::test]
+    async fn with_linger_recv_takes_what_arrives_meanwhile_and_returns_once_full() {
+        let (tx, mut rx) = edge("test", 8);
+        tx.send(B(0, 1)).await.unwrap();
+        let start = Instant::now();
+        // recv is polled first: it takes batch 0, finds the queue empty and
+        // lingers; batch 1 arrives during the linger and fills the gathering.
+        let (got, _) = tokio::join!(rx.recv(2, DEADLINE), tx.send(B(1, 1)));
+        assert_eq!(names(&got), [0, 1]);
+        assert!(start.elapsed() < DEADLINE / 2, "waited out the linger though full: {:?}", start.elapsed());
+    }
+
+    #[actix_rt::test]
+    async fn with_linger_recv_returns_what_it_has_when_the_linger_ends() {
+        let (tx, mut rx) = edge("test", 8);
+        tx.send(B(0, 1)).await.unwrap();
+        let linger = Duration::from_millis(50);
+        let start = Instant::now();
+        assert_eq!(gather(&mut rx, 100, linger).await, [0]);
+        assert!(start.elapsed() >= linger, "did not linger: {:?}", start.elapsed());
+    }
+
+    #[actix_rt::test]
+    async fn a_closed_edge_reads_empty_only_after_it_is_drained() {
+        let (tx, mut rx) = edge("test", 8);
+        for i in 0..3 {
+            tx.send(B(i, 1)).await.unwrap();
+        }
+        drop(tx);
+        for i in 0..3 {
+            assert_eq!(gather(&mut rx, 1, Duration::ZERO).await, [i]);
+        }
+        assert!(gather(&mut rx, 1, Duration::from_millis(1)).await.is_empty());
+    }
+
+    #[test]
+    fn try_send_on_a_full_edge_returns_false_without_waiting() {
+        let (tx, mut rx) = edge("test", 1);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sent = (tx.try_send(B(0, 1)), tx.try_send(B(1, 1)));
+            let _ = done_tx.send(sent);
+        });
+        assert_eq!(done.recv_timeout(DEADLINE).expect("try_send waited"), (true, false));
+        // The refused batch is not queued.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        assert_eq!(rt.block_on(gather(&mut rx, 10, Duration::ZERO)), [0]);
+    }
+
+    #[actix_rt::test]
+    async fn send_on_a_full_edge_waits_until_the_receiver_takes_one() {
+        let (tx, mut rx) = edge("test", 1);
+        tx.send(B(0, 1)).await.unwrap();
+        let second = tx.send(B(1, 1));
+        tokio::pin!(second);
+        tokio::select! {
+            biased;
+            _ = &mut second => panic!("send did not wait for room"),
+            _ = std::future::ready(()) => {}
+        }
+        assert_eq!(gather(&mut rx, 1, Duration::ZERO).await, [0]);
+        tokio::time::timeout(DEADLINE, second).await.expect("send still waits after room was made").unwrap();
+        assert_eq!(gather(&mut rx, 1, Duration::ZERO).await, [1]);
+    }
+}

@@ -177,3 +177,178 @@ pub fn count_restart(stage: &'static str) {
     metrics::counter!(m::ACTOR_RESTARTS, "actor" => stage).increment(1);
     tracing::warn!(actor = stage, "actor restarted");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+    use tokio::sync::Semaphore;
+
+    use super::edge::{edge, Inbox, Outbox};
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Batch `n`, of one event.
+    struct N(u32);
+
+    impl Batch for N {
+        fn events(&self) -> usize {
+            1
+        }
+    }
+
+    /// What the test stage did, in order.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Did {
+        Gathered(Vec<u32>),
+        /// A command, and the batches handled when it ran.
+        Command(Vec<u32>),
+        AfterPanic,
+        Closed,
+    }
+
+    /// A stage that records what it does; it panics on batch `panic_on`,
+    /// and each gathering's delivery waits for a permit of `gate`.
+    struct Probe {
+        gather: (usize, Duration),
+        panic_on: Option<u32>,
+        gate: Arc<Semaphore>,
+        handled: Vec<u32>,
+        restarts: u32,
+        did: Vec<Did>,
+        tell: UnboundedSender<Did>,
+    }
+
+    impl Probe {
+        fn record(&mut self, d: Did) {
+            self.did.push(d.clone());
+            let _ = self.tell.send(d);
+        }
+    }
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    impl Stage for Probe {
+        type Input = Inbox<N>;
+        const NAME: &'static str = "probe";
+        const INBOX_CAPACITY: usize = 8;
+
+        fn gather(&self) -> (usize, Duration) {
+            self.gather
+        }
+
+        fn on_batches(&mut self, batches: Vec<N>, _: &mut Context<Self>) -> Delivery<Self> {
+            let ids: Vec<u32> = batches.iter().map(|b| b.0).collect();
+            self.record(Did::Gathered(ids.clone()));
+            if self.panic_on.is_some_and(|p| ids.contains(&p)) {
+                panic!("test panic on {ids:?}");
+            }
+            self.handled.extend(ids);
+            let gate = self.gate.clone();
+            delivery(async move { gate.acquire().await.expect("gate open").forget() })
+        }
+
+        fn on_closed(&mut self, _: &mut Context<Self>) -> Delivery<Self> {
+            self.record(Did::Closed);
+            delivered()
+        }
+
+        fn after_panic(&mut self, _: &mut Context<Self>) {
+            self.restarts += 1;
+            self.record(Did::AfterPanic);
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Poke;
+
+    impl Handler<Poke> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Poke, _: &mut Context<Self>) {
+            let seen = self.handled.clone();
+            self.record(Did::Command(seen));
+        }
+    }
+
+    /// The stage's own state: what it handled, its restarts, everything it did.
+    #[derive(Message)]
+    #[rtype(result = "(Vec<u32>, u32, Vec<Did>)")]
+    struct State;
+
+    impl Handler<State> for Probe {
+        type Result = MessageResult<State>;
+        fn handle(&mut self, _: State, _: &mut Context<Self>) -> Self::Result {
+            MessageResult((self.handled.clone(), self.restarts, self.did.clone()))
+        }
+    }
+
+    /// Starts a probe stage over batches `1..=n`, queued before it starts.
+    async fn probe(
+        n: u32,
+        gather: (usize, Duration),
+        panic_on: Option<u32>,
+        gate: Arc<Semaphore>,
+    ) -> (Running<Probe>, Outbox<N>, UnboundedReceiver<Did>) {
+        let (tx, inbox) = edge("test->probe", Probe::INBOX_CAPACITY);
+        for i in 1..=n {
+            tx.send(N(i)).await.unwrap();
+        }
+        let (tell, told) = unbounded_channel();
+        let stage = start(inbox, move || Probe {
+            gather,
+            panic_on,
+            gate,
+            handled: Vec::new(),
+            restarts: 0,
+            did: Vec::new(),
+            tell,
+        });
+        (stage, tx, told)
+    }
+
+    /// What the stage does next, within the deadline.
+    async fn next(told: &mut UnboundedReceiver<Did>) -> Did {
+        tokio::time::timeout(DEADLINE, told.recv()).await.expect("the stage stalled").expect("the stage is gone")
+    }
+
+    #[actix_rt::test]
+    async fn a_stage_that_panics_on_a_batch_keeps_its_state_and_handles_the_next() {
+        let open = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let (stage, tx, mut told) = probe(3, (1, Duration::ZERO), Some(2), open).await;
+        drop(tx);
+        while next(&mut told).await != Did::Closed {}
+        let (handled, restarts, did) = stage.addr.send(State).await.unwrap();
+        assert_eq!(handled, [1, 3], "batch 1 is still in the state; batch 3 was handled");
+        assert_eq!(restarts, 1);
+        use Did::*;
+        assert_eq!(did, [Gathered(vec![1]), Gathered(vec![2]), AfterPanic, Gathered(vec![3]), Closed]);
+        // Nothing after `on_closed`, up to the stage's end.
+        stage.join();
+        assert_eq!(tokio::time::timeout(DEADLINE, told.recv()).await.expect("the stage outlived its join"), None);
+    }
+
+    #[actix_rt::test]
+    async fn a_command_sent_while_batches_are_queued_runs_between_two_gatherings() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (stage, tx, mut told) = probe(6, (2, Duration::ZERO), None, gate.clone()).await;
+        assert_eq!(next(&mut told).await, Did::Gathered(vec![1, 2]));
+        // Batches 3..=6 are queued and the first gathering's delivery is
+        // waiting: the command runs now, not once the queue is drained.
+        tokio::time::timeout(DEADLINE, stage.addr.send(Poke)).await.expect("the command waited").unwrap();
+        gate.add_permits(Semaphore::MAX_PERMITS);
+        drop(tx);
+        while next(&mut told).await != Did::Closed {}
+        let (_, _, did) = stage.addr.send(State).await.unwrap();
+        use Did::*;
+        assert_eq!(
+            did,
+            [Gathered(vec![1, 2]), Command(vec![1, 2]), Gathered(vec![3, 4]), Gathered(vec![5, 6]), Closed]
+        );
+        stage.join();
+    }
+}
