@@ -84,7 +84,7 @@ impl Replicator {
             let behind = newest.as_ref().is_some_and(|n| progress.acked.as_deref() != Some(n.name.as_str()));
             // An attempt updates the progress file: read this replica's again.
             let progress = if behind && self.backoff.due(&r.name, now) {
-                self.attempt(&r);
+                self.attempt(&r, now);
                 replicate::load_progress(&self.layout).remove(&r.name).unwrap_or_default()
             } else {
                 progress
@@ -101,7 +101,11 @@ impl Replicator {
         }
     }
 
-    fn attempt(&mut self, r: &ReplicaConfig) {
+    /// One attempt for `r`, in the tick of `now`. A failure's wait counts
+    /// from the tick, not from the end of the attempt: counted from the end
+    /// (a few ms later), the wait ran past the tick at `now + wait`, and
+    /// every retry came one tick late (2, 3, 5, 9 s instead of 1, 2, 4, 8 s).
+    fn attempt(&mut self, r: &ReplicaConfig, now: Instant) {
         let results = replicate::pass(&self.layout, std::slice::from_ref(r), Some(&r.name));
         for (name, result) in results {
             match result {
@@ -114,7 +118,7 @@ impl Replicator {
                     self.backoff.succeeded(&name);
                 }
                 Err(e) => {
-                    let next = self.backoff.failed(&name, Instant::now());
+                    let next = self.backoff.failed(&name, now);
                     metrics::counter!(m::REPLICATION_ERRORS, "replica" => name.clone()).increment(1);
                     tracing::warn!(replica = %name, error = %e, retry_in = ?next, "replication failed");
                 }
@@ -180,11 +184,13 @@ mod tests {
             ReplicaConfig { name: "r".into(), dir: None, command: Some(vec!["false".into()]), compressed_data: false };
         let mut rep = Replicator::new(layout, vec![replica], Default::default());
         let wait = |rep: &Replicator| rep.backoff.by_replica.get("r").map(|(_, d)| *d);
-        rep.tick(Instant::now());
+        let t0 = Instant::now();
+        rep.tick(t0);
         assert_eq!(wait(&rep), Some(secs(1)));
-        rep.tick(Instant::now());
+        rep.tick(t0 + Duration::from_millis(999));
         assert_eq!(wait(&rep), Some(secs(1)), "tried again within its wait");
-        rep.tick(Instant::now() + secs(1));
-        assert_eq!(wait(&rep), Some(secs(2)), "not tried once its wait was over");
+        // The next 1 s tick retries: the wait counts from the failing tick.
+        rep.tick(t0 + secs(1));
+        assert_eq!(wait(&rep), Some(secs(2)), "not tried at the tick its wait ended");
     }
 }
