@@ -12,13 +12,16 @@ use std::process::Command;
 
 use loop_btrfs::LoopBtrfs;
 
+/// Fields drop in order: the filesystems are unmounted before the temp
+/// dir that holds their mount points is removed (the other way round, the
+/// removal failed on the mounts and left the dir behind).
 struct Setup {
-    _dir: tempfile::TempDir,
     _src: LoopBtrfs,
     dst: Option<LoopBtrfs>,
     root: PathBuf,
     state: PathBuf,
     cfg: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 fn setup(replicas: &str, extra: &str) -> Setup {
@@ -30,7 +33,7 @@ fn setup(replicas: &str, extra: &str) -> Setup {
     let cfg = root.join("c.toml");
     let text = replicas.replace("{B}", dst.mount.to_str().unwrap()).replace("{ROOT}", root.to_str().unwrap());
     std::fs::write(&cfg, format!("{extra}\n{text}")).unwrap();
-    Setup { _dir: dir, _src: src, dst: Some(dst), root, state, cfg }
+    Setup { _src: src, dst: Some(dst), root, state, cfg, _dir: dir }
 }
 
 fn op(s: &Setup, args: &[&str]) -> common::Run {

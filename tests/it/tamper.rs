@@ -16,7 +16,8 @@ const RECORDS: u64 = 3000;
 const SEGMENT_ENV: (&str, &str) = ("OP_DBUS_SEGMENT_MAX_MB", "1");
 
 struct Template {
-    _dir: tempfile::TempDir,
+    /// Removed at process exit (`remove_template`): a static is never dropped.
+    dir: PathBuf,
     state: PathBuf,
     /// `log --json` of the template.
     log: Vec<Value>,
@@ -27,9 +28,10 @@ fn pad(i: u64) -> String {
     (0..1000).map(|_| (b'a' + rng.range(0, 26) as u8) as char).collect()
 }
 
+static TEMPLATE: OnceLock<Template> = OnceLock::new();
+
 fn template() -> &'static Template {
-    static T: OnceLock<Template> = OnceLock::new();
-    T.get_or_init(|| {
+    TEMPLATE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let input = dir.path().join("in.jsonl");
@@ -42,8 +44,16 @@ fn template() -> &'static Template {
         assert_eq!(code, 0, "{report}");
         let log = log_json(&state, &[]);
         assert_eq!(log.len() as u64, RECORDS);
-        Template { _dir: dir, state, log }
+        // SAFETY: registers a plain `extern "C"` function with no arguments.
+        unsafe { libc::atexit(remove_template) };
+        Template { dir: dir.keep(), state, log }
     })
+}
+
+extern "C" fn remove_template() {
+    if let Some(t) = TEMPLATE.get() {
+        let _ = std::fs::remove_dir_all(&t.dir);
+    }
 }
 
 /// A private copy of the template chain.
