@@ -22,6 +22,8 @@ use crate::storage::snapshot::SnapshotMeta;
 pub struct Reindexed {
     /// Blocks indexed (the chain's length).
     pub(crate) blocks: u64,
+    /// Entries in the rebuilt Merkle tiles.
+    pub(crate) tiles: u64,
     pub(crate) seconds: f64,
 }
 
@@ -36,6 +38,8 @@ pub enum ReindexError {
     Rebuild(#[source] IndexingError),
     #[error("cannot sync the index")]
     Sync(#[source] IndexError),
+    #[error("rebuilding the Merkle tiles")]
+    Tiles(#[source] crate::proof::checkpointer::ProofStartError),
 }
 
 /// `op-dbus reindex`: drops the index and rebuilds it (and the hash files)
@@ -47,7 +51,8 @@ pub fn reindex(layout: &Layout) -> Result<Reindexed, ReindexError> {
     let indexer = Indexer::rebuild(index, layout).map_err(ReindexError::Rebuild)?;
     let blocks = indexer.next();
     indexer.index().sync().map_err(ReindexError::Sync)?;
-    Ok(Reindexed { blocks, seconds: started.elapsed().as_secs_f64() })
+    let tiles = crate::proof::checkpointer::rebuild_tiles(layout).map_err(ReindexError::Tiles)?;
+    Ok(Reindexed { blocks, tiles, seconds: started.elapsed().as_secs_f64() })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -54,8 +54,38 @@ pub const VECTOR_ERRORS: &str = "op_dbus_vector_errors_total";
 pub const VECTOR_CACHE_HITS: &str = "op_dbus_vector_cache_hits_total";
 pub const VECTOR_CACHE_MISSES: &str = "op_dbus_vector_cache_misses_total";
 pub const SEARCH_DURATION: &str = "op_dbus_search_duration_seconds";
+pub const TREE_SIZE: &str = "op_dbus_tree_size_entries";
+pub const TREE_LAG: &str = "op_dbus_tree_lag_entries";
+pub const CHECKPOINT_SIZE: &str = "op_dbus_checkpoint_size_entries";
+pub const CHECKPOINT_LAG_ENTRIES: &str = "op_dbus_checkpoint_lag_entries";
+pub const CHECKPOINTS_SIGNED: &str = "op_dbus_checkpoints_signed_total";
+pub const CHECKPOINT_ERRORS: &str = "op_dbus_checkpoint_errors_total";
+pub const CHECKPOINT_UNSIGNED: &str = "op_dbus_checkpoint_unsigned";
+pub const CLOCK_STEPS: &str = "op_dbus_clock_steps_back_total";
+pub const KEYS_REMAINING: &str = "op_dbus_keys_remaining_seconds";
+pub const WITNESS_LAG_ENTRIES: &str = "op_dbus_witness_lag_entries";
+pub const WITNESS_LAG_SECONDS: &str = "op_dbus_witness_lag_seconds";
+pub const WITNESS_COSIGNED: &str = "op_dbus_witness_cosigned_total";
+pub const WITNESS_ERRORS: &str = "op_dbus_witness_errors_total";
 
 pub fn describe() {
+    describe_gauge!(TREE_SIZE, Unit::Count, "entries (blocks) in the Merkle tiles");
+    describe_gauge!(TREE_LAG, Unit::Count, "durable blocks not yet in the Merkle tiles");
+    describe_gauge!(CHECKPOINT_SIZE, Unit::Count, "tree size of the newest signed checkpoint");
+    describe_gauge!(CHECKPOINT_LAG_ENTRIES, Unit::Count, "durable blocks no signed checkpoint covers yet");
+    describe_counter!(CHECKPOINTS_SIGNED, Unit::Count, "checkpoints signed and made durable");
+    describe_counter!(CHECKPOINT_ERRORS, Unit::Count, "checkpoints that could not be signed or written");
+    describe_gauge!(
+        CHECKPOINT_UNSIGNED,
+        Unit::Count,
+        "1 while no checkpoint can be signed (keys not provisioned, damaged, or erased)"
+    );
+    describe_counter!(CLOCK_STEPS, Unit::Count, "times the clock was found behind the last checkpoint's time");
+    describe_gauge!(KEYS_REMAINING, Unit::Seconds, "time left in the provisioned epoch keys");
+    describe_gauge!(WITNESS_LAG_ENTRIES, Unit::Count, "entries signed but not yet cosigned, per witness");
+    describe_gauge!(WITNESS_LAG_SECONDS, Unit::Seconds, "age of the newest checkpoint not yet cosigned, per witness");
+    describe_counter!(WITNESS_COSIGNED, Unit::Count, "cosignatures received, per witness");
+    describe_counter!(WITNESS_ERRORS, Unit::Count, "failed pushes to a witness, per witness");
     describe_counter!(STAGE_RECEIVED, Unit::Count, "events taken from a stage's inbox");
     describe_counter!(STAGE_SENT, Unit::Count, "events a stage passed downstream");
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "batches waiting in an edge's queue");

@@ -63,6 +63,8 @@ pub enum StartError {
     Bus(#[from] crate::bus::BusError),
     #[error("the capture thread stopped")]
     CaptureStopped,
+    #[error(transparent)]
+    Proof(#[from] crate::proof::checkpointer::ProofStartError),
 }
 
 /// Why a shutdown did not make everything durable.
@@ -88,6 +90,8 @@ pub struct PipelineConfig {
     pub index_sync_interval: Duration,
     pub snapshot: crate::config::SnapshotConfig,
     pub replicas: Vec<crate::storage::replicate::ReplicaConfig>,
+    /// Tiles, checkpoints, keys and witnesses.
+    pub proof: crate::config::ProofConfig,
     /// Empty unless built with the `faults` feature (tests).
     pub faults: Faults,
 }
@@ -107,6 +111,7 @@ impl PipelineConfig {
             index_sync_interval: c.index_sync_interval,
             snapshot: c.snapshot.clone(),
             replicas: c.replicas.clone(),
+            proof: c.proof.clone(),
             faults: Default::default(),
         }
     }
@@ -169,6 +174,9 @@ pub struct Pipeline {
     vector_worker: Option<crate::ml::worker::Worker>,
     /// Take a snapshot when shutting down (snapshots are on).
     final_snapshot: bool,
+    /// Integrates durable blocks into the tiles and signs checkpoints (none with `proof.enabled = false`).
+    checkpointer: Option<crate::proof::checkpointer::Checkpointer>,
+    pusher: Option<crate::proof::push::Pusher>,
     _lock: Locks,
 }
 
@@ -240,6 +248,7 @@ pub async fn attach_bus(
             limits,
             snapshotter: p.snapshotter().clone().recipient(),
             vectors: p.vectors.clone(),
+            checkpoints: p.latest_checkpoint(),
         };
         let conn = open_service(&addr, sp.clone(), &service_own).await?;
         let stop = Arc::new(Notify::new());
@@ -343,6 +352,33 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> Result<Pipeline, StartError> {
     // Published before any actor starts: the indexer's start-up catch-up
     // reads up to this height, and it may run before the writer exists.
     health.set_head(&store.head());
+    // The tree and the checkpoint log are checked against the chain before
+    // anything is appended: a chain that departs from its last signed
+    // checkpoint does not start (a log never signs two inconsistent ones).
+    let (checkpointer, pusher) = if cfg.proof.enabled {
+        let keys = open_keys(&cfg.proof, &cfg.layout.state_dir)?;
+        let integ = crate::proof::checkpointer::Integration::open(&cfg.layout, keys, store.head().next_seq)?;
+        let cp = crate::proof::checkpointer::Checkpointer::spawn(
+            integ,
+            health.clone(),
+            cfg.proof.checkpoint_interval,
+            cfg.proof.renew_warning,
+        );
+        let witnesses = cfg
+            .proof
+            .witnesses
+            .iter()
+            .filter_map(|w| {
+                let key = crate::note::Verifier::parse_vkey(&w.key).ok()?;
+                Some(crate::proof::push::Witness { url: w.url.clone(), key })
+            })
+            .collect();
+        let pusher = crate::proof::push::Pusher::spawn(&cfg.layout, witnesses, cp.latest())
+            .map_err(|e| StartError::Proof(crate::proof::checkpointer::ProofStartError::Log(e)))?;
+        (Some(cp), Some(pusher))
+    } else {
+        (None, None)
+    };
 
     // Sink first.
     let (index_tx, index_rx) = edge("chain_writer->cache_indexer", CacheIndexer::INBOX_CAPACITY);
@@ -413,8 +449,41 @@ pub fn spawn_pipeline(cfg: PipelineConfig) -> Result<Pipeline, StartError> {
         vectors,
         vector_worker,
         layout: cfg.layout.clone(),
+        checkpointer,
+        pusher,
         _lock: lock,
     })
+}
+
+/// The keys of a state dir for the pipeline: opened, or made now when there
+/// are none and `proof.auto_init` allows it (the identity secret is then on
+/// the host, which the log says, and `keys status` keeps saying).
+fn open_keys(
+    cfg: &crate::config::ProofConfig,
+    state_dir: &std::path::Path,
+) -> Result<crate::proof::keys::EpochKeys, crate::proof::checkpointer::ProofStartError> {
+    use crate::proof::checkpointer::ProofStartError;
+    use crate::proof::keys::{self, EpochKeys};
+    if let Some(k) = EpochKeys::open(state_dir)? {
+        if !cfg.origin.is_empty() && k.origin() != cfg.origin {
+            return Err(ProofStartError::OriginMismatch { keys: k.origin().into(), config: cfg.origin.clone() });
+        }
+        return Ok(k);
+    }
+    if !cfg.auto_init {
+        return Err(keys::KeyError::Missing { dir: keys::keys_dir(state_dir) }.into());
+    }
+    let origin = if cfg.origin.is_empty() { keys::default_origin()? } else { cfg.origin.clone() };
+    let now = (crate::codec::now_ns() / 1_000_000_000) as u64;
+    let p = keys::init(state_dir, &origin, cfg.epoch_seconds, cfg.provision_hours, None, now)?;
+    tracing::warn!(
+        origin,
+        identity = %p.identity.to_vkey(),
+        until = p.until,
+        secret = %p.identity_secret.display(),
+        "made signing keys; the identity secret is on this host: move it off (it is needed only to renew) so that root here cannot certify keys for past epochs"
+    );
+    Ok(EpochKeys::open(state_dir)?.ok_or_else(|| keys::KeyError::Missing { dir: keys::keys_dir(state_dir) })?)
 }
 
 /// Starts the vector worker for the configured level (nothing at `none`):
@@ -463,6 +532,11 @@ impl Pipeline {
         &self.stages.as_ref().expect("pipeline is running").snapshotter.addr
     }
 
+    /// The newest durable checkpoint (none until the first is signed, or without `proof.enabled`).
+    pub fn latest_checkpoint(&self) -> Option<crate::proof::checkpointer::Latest> {
+        self.checkpointer.as_ref().map(|c| c.latest())
+    }
+
     /// The pipeline's entrance, for producers on other threads or tasks.
     /// Every clone must be dropped before [`shutdown`](Self::shutdown) can finish.
     pub fn submitter(&self) -> Submitter {
@@ -505,6 +579,16 @@ impl Pipeline {
         };
         if let Some(mut w) = self.vector_worker.take() {
             w.stop();
+        }
+        // After the writer is done: the last checkpoint covers everything
+        // durable, and the epoch's secret is erased.
+        if durable.as_ref().is_ok_and(|r| r.is_ok()) {
+            if let Some(c) = self.checkpointer.take() {
+                c.stop();
+            }
+        }
+        if let Some(p) = self.pusher.take() {
+            p.stop();
         }
         // Stop and join the stages' threads so that everything they own
         // (the chain file, the LMDB environment) is closed when this returns.

@@ -12,7 +12,8 @@
 
 use crate::config::ServiceConfig;
 
-const READ_METHODS: [&str; 5] = ["Head", "GetBlock", "Query", "Verify", "Search"];
+const READ_METHODS: [&str; 8] =
+    ["Head", "GetBlock", "Query", "Verify", "Search", "GetCheckpoint", "GetProof", "GetConsistency"];
 
 pub fn render(s: &ServiceConfig) -> String {
     let allow = |m: &str| {

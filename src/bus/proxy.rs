@@ -55,6 +55,19 @@ pub(crate) trait Chain1 {
     /// Takes a snapshot now; its name, or "" when nothing is new.
     fn snapshot(&self) -> Result<String, ChainError>;
 
+    /// The newest signed checkpoint (a signed note).
+    fn get_checkpoint(&self) -> Result<String, ChainError>;
+
+    /// A tlog-proof bundle for block `seq`.
+    fn get_proof(&self, seq: u64) -> Result<String, ChainError>;
+
+    /// A consistency proof between two checkpoint sizes (0: the newest).
+    fn get_consistency(&self, old: u64, new: u64) -> Result<String, ChainError>;
+
+    /// A new checkpoint is durable.
+    #[zbus(signal)]
+    fn checkpoint_signed(&self, size: u64, checkpoint: &str) -> zbus::Result<()>;
+
     /// New durable blocks `first_seq..=last_seq`.
     #[zbus(signal)]
     fn blocks_appended(&self, first_seq: u64, last_seq: u64, head_hash: &str) -> zbus::Result<()>;

@@ -11,6 +11,10 @@
 //! | `Submit(s plugin_id, s operation, s data_json) -> t seq` | | appends a `submit` footprint; replies once it is durable |
 //! | `Snapshot() -> s name` | | takes a snapshot now (root only); "" when nothing is new |
 //! | signal `BlocksAppended(t first_seq, t last_seq, s head_hash)` | | new durable blocks, coalesced to at most `service.signal_rate` per second |
+//! | `GetCheckpoint() -> s` | | the newest signed checkpoint (a C2SP signed note, with any cosignatures); `NotFound` before the first |
+//! | `GetProof(t seq) -> s` | | a C2SP tlog-proof bundle for block `seq` (what `op-dbus prove SEQ` writes); `NotFound` if no checkpoint covers it yet |
+//! | `GetConsistency(t old, t new) -> s` | | a consistency proof between the checkpoints of sizes `old` and `new` (0: the newest) |
+//! | signal `CheckpointSigned(t size, s checkpoint)` | | a new checkpoint is durable (at most one per `proof.checkpoint_interval_ms`, and one per epoch) |
 //!
 //! Errors are `org.opdbus.Error.{NotFound, InvalidArgument, Unavailable,
 //! Failed}` with a message saying what was wrong. Who may call what is the
@@ -65,6 +69,8 @@ pub struct ServiceParts {
     pub(crate) snapshotter: actix::Recipient<SnapshotNow>,
     /// The search vectors' engine; `None` at vector level none.
     pub(crate) vectors: Option<Arc<crate::ml::engine::Engine>>,
+    /// The newest durable checkpoint; `None` with `proof.enabled = false`.
+    pub(crate) checkpoints: Option<crate::proof::checkpointer::Latest>,
 }
 
 pub struct ChainService {
@@ -283,6 +289,57 @@ impl ChainService {
         r
     }
 
+    async fn get_checkpoint(&self) -> Result<String, ChainError> {
+        let latest = self.parts.checkpoints.as_ref().and_then(|l| l.borrow().clone());
+        let r = match latest {
+            Some(p) => {
+                String::from_utf8(p.note.clone()).map_err(|_| ChainError::Failed("a checkpoint is not UTF-8".into()))
+            }
+            None => {
+                let path = self.parts.layout.timing.join("checkpoints");
+                blocking(move || {
+                    let r = crate::proof::log::read_all(&path, crate::proof::log::CHECKPOINTS_MAGIC)
+                        .map_err(|e| ChainError::Failed(e.to_string()))?;
+                    let (_, note) =
+                        r.notes.last().ok_or_else(|| ChainError::NotFound("no checkpoint signed yet".into()))?;
+                    String::from_utf8(note.clone()).map_err(|_| ChainError::Failed("a checkpoint is not UTF-8".into()))
+                })
+                .await
+            }
+        };
+        count("GetCheckpoint", r.is_ok());
+        r
+    }
+
+    async fn get_proof(&self, seq: u64) -> Result<String, ChainError> {
+        let layout = self.parts.layout.clone();
+        let r = blocking(move || {
+            let (id, _) = crate::proof::audit::identity_key(&layout, None).map_err(ChainError::Unavailable)?;
+            crate::proof::bundle::prove(&layout, &id, seq).map_err(prove_error)
+        })
+        .await;
+        count("GetProof", r.is_ok());
+        r
+    }
+
+    async fn get_consistency(&self, old: u64, new: u64) -> Result<String, ChainError> {
+        let layout = self.parts.layout.clone();
+        let r = blocking(move || {
+            let (id, _) = crate::proof::audit::identity_key(&layout, None).map_err(ChainError::Unavailable)?;
+            crate::proof::bundle::prove_consistency(&layout, &id, old, (new != 0).then_some(new)).map_err(prove_error)
+        })
+        .await;
+        count("GetConsistency", r.is_ok());
+        r
+    }
+
+    #[zbus(signal)]
+    async fn checkpoint_signed(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        size: u64,
+        checkpoint: String,
+    ) -> zbus::Result<()>;
+
     #[zbus(signal)]
     async fn blocks_appended(
         emitter: &zbus::object_server::SignalEmitter<'_>,
@@ -290,6 +347,31 @@ impl ChainService {
         last_seq: u64,
         head_hash: String,
     ) -> zbus::Result<()>;
+}
+
+fn prove_error(e: crate::proof::bundle::ProveError) -> ChainError {
+    use crate::proof::bundle::ProveError as P;
+    match e {
+        P::NotCovered { .. } | P::NoBlock { .. } | P::NoCheckpoint(_) => ChainError::NotFound(e.to_string()),
+        P::Order { .. } => ChainError::InvalidArgument(e.to_string()),
+        _ => ChainError::Failed(e.to_string()),
+    }
+}
+
+/// The next new checkpoint, or never (no checkpointer).
+async fn next_checkpoint(
+    rx: &mut Option<crate::proof::checkpointer::Latest>,
+) -> Option<Arc<crate::proof::checkpointer::Published>> {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                *rx = None;
+                return std::future::pending().await;
+            }
+            r.borrow_and_update().clone()
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl ChainService {
@@ -395,6 +477,7 @@ pub async fn run_service(
     let mut head_rx = parts.health.head.subscribe();
     // Blocks already durable at start are not news.
     let mut announced = head_rx.borrow_and_update().map(|(seq, _)| seq);
+    let mut cp_rx = parts.checkpoints.clone();
     let mut conn = Some(first);
     loop {
         let c = match conn.take() {
@@ -428,6 +511,16 @@ pub async fn run_service(
                         if changed.is_err() {
                             return;
                         }
+                    }
+                    cp = next_checkpoint(&mut cp_rx) => {
+                        if let Some(p) = cp {
+                            let emitter = zbus::object_server::SignalEmitter::new(&c, SERVICE_PATH).expect("valid object path");
+                            let note = String::from_utf8_lossy(&p.note).into_owned();
+                            if let Err(e) = ChainService::checkpoint_signed(&emitter, p.size, note).await {
+                                tracing::debug!(error = %e, "could not emit CheckpointSigned");
+                            }
+                        }
+                        continue;
                     }
                 }
             }

@@ -101,6 +101,26 @@ pub fn verify(layout: &Layout, threads: usize) -> Result<Report, StoreError> {
 /// (which is itself checked against its bytes). `blocks` counts the blocks
 /// checked, which includes those around the range in the same segments.
 pub fn verify_range(layout: &Layout, threads: usize, from: u64, to: u64) -> Result<Report, StoreError> {
+    verify_inner(layout, threads, from, to, &mut |_, _, _| {})
+}
+
+/// [`verify`], handing each sound block's (seq, hash, timestamp) to
+/// `observe` in seq order (the checkpoint audit grows its tree from them).
+pub fn verify_observed(
+    layout: &Layout,
+    threads: usize,
+    observe: &mut dyn FnMut(u64, &Hash, i64),
+) -> Result<Report, StoreError> {
+    verify_inner(layout, threads, 0, u64::MAX, observe)
+}
+
+fn verify_inner(
+    layout: &Layout,
+    threads: usize,
+    from: u64,
+    to: u64,
+    observe: &mut dyn FnMut(u64, &Hash, i64),
+) -> Result<Report, StoreError> {
     let started = Instant::now();
     let all = layout.segments().map_err(io_err(&layout.timing))?;
     // The segments that hold from..=to: the last one starting at or before
@@ -286,6 +306,7 @@ pub fn verify_range(layout: &Layout, threads: usize, from: u64, to: u64) -> Resu
             }
             prev_ts = c.timestamp_ns;
             prev_hash = c.hash;
+            observe(c.seq, &c.hash, c.timestamp_ns);
             expected_seq += 1;
             report.blocks += 1;
             report.head_seq = Some(c.seq);

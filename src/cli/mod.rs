@@ -8,7 +8,9 @@
 mod dbus_policy;
 mod embed;
 mod import;
+mod keys;
 mod log;
+mod prove;
 mod reindex;
 mod replicate;
 mod run;
@@ -19,6 +21,8 @@ mod snapshots;
 mod status;
 mod submit;
 mod verify;
+mod verify_proof;
+mod witness;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -91,6 +95,95 @@ pub(crate) enum Command {
         #[arg(long)]
         replica: Option<String>,
     },
+    /// Make, show or renew the signing keys (identity and epoch keys).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Write a proof that block SEQ is in the signed log (a C2SP tlog-proof), or a consistency proof.
+    Prove(ProveArgs),
+    /// Check a proof bundle with public keys only (no state dir needed).
+    VerifyProof(VerifyProofArgs),
+    /// Serve a C2SP tlog-witness that cosigns the checkpoints of the logs it is given.
+    Witness(WitnessArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCmd {
+    /// Make the identity key and provision epoch keys (proof.epoch_seconds, proof.provision_hours).
+    Init {
+        /// The log's origin [default: proof.origin, else derived from /etc/machine-id]
+        #[arg(long)]
+        origin: Option<String>,
+        /// Epoch length in seconds [default: proof.epoch_seconds]
+        #[arg(long)]
+        epoch_seconds: Option<u64>,
+        /// Hours of epoch keys to provision [default: proof.provision_hours]
+        #[arg(long)]
+        hours: Option<u64>,
+        /// Write the identity secret here instead of keys/identity.key (e.g. removable media)
+        #[arg(long, value_name = "FILE")]
+        identity_out: Option<PathBuf>,
+    },
+    /// Print the identity public key (a signed-note vkey) for auditors and witnesses.
+    ExportPublic,
+    /// Provision the next period of epoch keys; needs the identity secret.
+    Renew {
+        /// The identity secret (as keys init wrote it)
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        /// Hours to provision [default: proof.provision_hours]
+        #[arg(long)]
+        hours: Option<u64>,
+    },
+    /// The keys: origin, provisioned period, renewal due, whether the identity secret is on this host.
+    Status(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProveArgs {
+    /// The block's seq (with --consistency: the old tree size)
+    pub(crate) seq: u64,
+    /// A consistency proof from tree size SEQ to NEW instead [NEW default: the newest checkpoint]
+    #[arg(long)]
+    pub(crate) consistency: bool,
+    /// With --consistency: the new tree size
+    pub(crate) new: Option<u64>,
+    /// Write the bundle here instead of standard output
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyProofArgs {
+    /// The bundle (.tlog-proof), or - for standard input
+    pub(crate) file: PathBuf,
+    /// The log's identity public key: a vkey, or a file holding one
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: String,
+    /// A witness's public key (vkey or file); repeat for each
+    #[arg(long = "witness", value_name = "KEY")]
+    pub(crate) witnesses: Vec<String>,
+    /// Require this many valid witness cosignatures
+    #[arg(long, default_value_t = 0)]
+    pub(crate) min_witnesses: usize,
+    /// Print the outcome as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WitnessArgs {
+    /// Address to listen on, such as 127.0.0.1:7380
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// The witness's own folder: its key and the newest checkpoint it cosigned of each log
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// A log's identity public key (vkey or file); repeat for each log
+    #[arg(long = "log", value_name = "KEY", required = true)]
+    pub(crate) logs: Vec<String>,
+    /// The witness's name in its cosignatures, when its key is made [default: op-dbus-witness/<hostname>]
+    #[arg(long)]
+    pub(crate) name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +279,9 @@ pub(crate) struct VerifyArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub(crate) json: bool,
+    /// The identity public key to check checkpoints against (a vkey or a file) [default: keys/identity.pub of the state dir, else the copy @timing/identity.pub that snapshots and replicas carry]
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: Option<String>,
 }
 
 /// The block filters `log` and `search` share.
@@ -313,6 +409,10 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Embed(a) => embed::run(g, a),
         Command::Replicate { replica } => replicate::run(g, replica),
         Command::DbusPolicy => dbus_policy::run(g),
+        Command::Keys(c) => keys::run(g, c),
+        Command::Prove(a) => prove::run(g, a),
+        Command::VerifyProof(a) => verify_proof::run(a),
+        Command::Witness(a) => witness::run(a),
     }
 }
 
@@ -382,6 +482,16 @@ fn parse_bus(b: &str) -> Result<BusAddress, Failure> {
 
 fn invalid_bus(b: &str) -> Failure {
     Failure::usage(anyhow::anyhow!("invalid --bus {b:?}: allowed: {}", BusAddress::ALLOWED))
+}
+
+/// A public key given on the command line: the vkey itself, or a file holding one.
+fn read_vkey(what: &str, k: &str) -> Result<crate::note::Verifier, Failure> {
+    let text = if std::path::Path::new(k).is_file() {
+        std::fs::read_to_string(k).with_context(|| format!("{what} {k}")).map_err(Failure::usage)?
+    } else {
+        k.to_string()
+    };
+    crate::note::Verifier::parse_vkey(&text).with_context(|| format!("{what} {k:?}")).map_err(Failure::usage)
 }
 
 fn parse_time(key: &str, s: &str) -> anyhow::Result<i64> {

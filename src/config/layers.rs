@@ -45,6 +45,12 @@ pub(super) const ENV: &[(&str, &str)] = &[
     ("OP_DBUS_SIGNAL_RATE", "service.signal_rate"),
     ("OPDBUS_SNAPSHOT_INTERVAL", "snapshot.interval"),
     ("OPDBUS_MAX_CACHE_SNAPSHOTS", "snapshot.max_recent"),
+    ("OP_DBUS_PROOF", "proof.enabled"),
+    ("OP_DBUS_PROOF_ORIGIN", "proof.origin"),
+    ("OP_DBUS_CHECKPOINT_INTERVAL_MS", "proof.checkpoint_interval_ms"),
+    ("OP_DBUS_PROOF_AUTO_INIT", "proof.auto_init"),
+    ("OP_DBUS_EPOCH_SECONDS", "proof.epoch_seconds"),
+    ("OP_DBUS_PROVISION_HOURS", "proof.provision_hours"),
 ];
 
 /// The layer a key's value came from, as error messages name it.

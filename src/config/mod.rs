@@ -50,6 +50,29 @@ pub struct Config {
     pub(crate) service: ServiceConfig,
     pub(crate) snapshot: SnapshotConfig,
     pub(crate) replicas: Vec<ReplicaConfig>,
+    pub(crate) proof: ProofConfig,
+}
+
+/// Tiles, checkpoints and keys (`[proof]`), and the witnesses (`[[witness]]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProofConfig {
+    pub enabled: bool,
+    /// Empty: derived from the machine id (`proof::keys::default_origin`).
+    pub origin: String,
+    pub checkpoint_interval: Duration,
+    pub auto_init: bool,
+    pub epoch_seconds: u64,
+    pub provision_hours: u64,
+    pub renew_warning: Duration,
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// One witness: where its tlog-witness API is and the key it cosigns with.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    pub url: String,
+    pub key: String,
 }
 
 /// The ML vector levels (`[vector]`, beside `level` and `model_dir`).
@@ -222,6 +245,12 @@ impl Default for BusConfig {
     }
 }
 
+impl Default for ProofConfig {
+    fn default() -> Self {
+        DEFAULT.proof.clone()
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         DEFAULT.service.clone()
@@ -331,6 +360,22 @@ impl Config {
                 },
             },
             replicas: c.replicas(f.replica)?,
+            proof: ProofConfig {
+                enabled: f.proof.enabled,
+                origin: c.origin("proof.origin", f.proof.origin)?,
+                checkpoint_interval: Duration::from_millis(c.int(
+                    "proof.checkpoint_interval_ms",
+                    f.proof.checkpoint_interval_ms,
+                    10..=3_600_000,
+                )?),
+                auto_init: f.proof.auto_init,
+                epoch_seconds: c.int("proof.epoch_seconds", f.proof.epoch_seconds, 1..=86_400)?,
+                provision_hours: c.int("proof.provision_hours", f.proof.provision_hours, 1..=87_600)?,
+                renew_warning: Duration::from_secs(
+                    c.int::<u64>("proof.renew_warning_days", f.proof.renew_warning_days, 0..=3650)? * 86_400,
+                ),
+                witnesses: c.witnesses(f.witness)?,
+            },
         })
     }
 }
@@ -352,6 +397,9 @@ struct File {
     cache_dir: Option<PathBuf>,
     #[serde(default)]
     replica: Vec<ReplicaConfig>,
+    #[serde(default)]
+    witness: Vec<WitnessConfig>,
+    proof: ProofSection,
     chain: ChainSection,
     vector: VectorSection,
     input: InputSection,
@@ -439,6 +487,18 @@ struct ServiceSection {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ProofSection {
+    enabled: bool,
+    origin: String,
+    checkpoint_interval_ms: i64,
+    auto_init: bool,
+    epoch_seconds: i64,
+    provision_hours: i64,
+    renew_warning_days: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SnapshotSection {
     interval: String,
     max_recent: i64,
@@ -504,6 +564,42 @@ impl Check<'_> {
             }
         }
         Ok(rules)
+    }
+
+    /// A checkpoint origin: empty (derived), or a signed-note key name of
+    /// at most 255 bytes (no spaces, no `+`).
+    fn origin(&self, key: &'static str, o: String) -> Result<String, ConfigError> {
+        if !(o.is_empty() || o.len() <= 255 && crate::note::valid_key_name(&o)) {
+            return Err(self.invalid(
+                key,
+                o,
+                "empty (derived from the machine id), or a name without spaces or +, such as example.com/host42",
+            ));
+        }
+        Ok(o)
+    }
+
+    fn witnesses(&self, ws: Vec<WitnessConfig>) -> Result<Vec<WitnessConfig>, ConfigError> {
+        for w in &ws {
+            if !w.url.starts_with("http://") || w.url.len() <= "http://".len() {
+                return Err(self.invalid(
+                    "witness.url",
+                    &w.url,
+                    "an http:// URL (a witness's answers are signed, so plain HTTP is safe)",
+                ));
+            }
+            match crate::note::Verifier::parse_vkey(&w.key) {
+                Ok(v) if v.alg() == crate::note::ALG_COSIGNATURE_V1 => {}
+                _ => {
+                    return Err(self.invalid(
+                        "witness.key",
+                        &w.key,
+                        "a witness vkey: name+id+base64(0x04 ‖ Ed25519 public key), as `op-dbus witness` prints it",
+                    ))
+                }
+            }
+        }
+        Ok(ws)
     }
 
     fn replicas(&self, replicas: Vec<ReplicaConfig>) -> Result<Vec<ReplicaConfig>, ConfigError> {

@@ -79,6 +79,16 @@ fn defaults_are_the_documented_values() {
             retention: Retention::default(),
         },
         replicas: Vec::new(),
+        proof: ProofConfig {
+            enabled: true,
+            origin: String::new(),
+            checkpoint_interval: Duration::from_secs(1),
+            auto_init: true,
+            epoch_seconds: 60,
+            provision_hours: 720,
+            renew_warning: Duration::from_secs(7 * 86_400),
+            witnesses: Vec::new(),
+        },
     };
     assert_eq!(Config::default(), want);
     assert_eq!(load(None, &[], Overrides::default()).unwrap(), want);

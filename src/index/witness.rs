@@ -10,12 +10,18 @@ use crate::layout::Layout;
 
 /// `op-dbus verify`: every hash and link of the chain on `threads` cores,
 /// then, if that is sound, whether the chain reaches the last block the
-/// index recorded (a truncation at seq = the chain's end if not).
-pub fn verify(layout: &Layout, index: Option<&Index>, threads: usize) -> Result<Report, StoreError> {
+/// index recorded (a truncation at seq = the chain's end if not). Each
+/// sound block is handed to `observe` (the checkpoint audit).
+pub fn verify_observed(
+    layout: &Layout,
+    index: Option<&Index>,
+    threads: usize,
+    observe: &mut dyn FnMut(u64, &crate::codec::Hash, i64),
+) -> Result<Report, StoreError> {
     // Read before the chain, so that blocks a running writer adds
     // meanwhile cannot look missing.
     let witness = index.and_then(|i| i.head().ok().flatten());
-    let mut report = verify::verify(layout, threads)?;
+    let mut report = verify::verify_observed(layout, threads, observe)?;
     if report.fault.is_none() {
         if let Some(head) = witness {
             let chain_next = report.head_seq.map_or(0, |s| s + 1);
@@ -51,19 +57,19 @@ mod tests {
         drop(store);
         let index = Index::open(&layout.cache).unwrap();
         index.insert(&appended).unwrap();
-        let r = verify(&layout, Some(&index), 1).unwrap();
+        let r = verify_observed(&layout, Some(&index), 1, &mut |_, _, _| {}).unwrap();
         assert!(r.ok && r.fault.is_none(), "{r:?}");
 
         // Cut the chain at the third block's frame: two blocks left.
         let seg = layout.segment_path(0);
         let b2 = &appended[2];
         std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(b2.offset).unwrap();
-        let r = verify(&layout, Some(&index), 1).unwrap();
+        let r = verify_observed(&layout, Some(&index), 1, &mut |_, _, _| {}).unwrap();
         let f = r.fault.unwrap();
         assert!(!r.ok);
         assert_eq!((f.seq, f.kind), (2, FaultKind::Truncation));
         assert!(f.detail.contains("the index recorded seq 3"), "{}", f.detail);
         // Without the witness the shorter chain is sound.
-        assert!(verify(&layout, None, 1).unwrap().ok);
+        assert!(verify_observed(&layout, None, 1, &mut |_, _, _| {}).unwrap().ok);
     }
 }

@@ -95,6 +95,10 @@ pub enum ReplicateError {
     Io { path: PathBuf, source: io::Error },
     #[error("{area}: {source}")]
     Transfer { area: Area, source: TransferError },
+    #[error("refused: snapshot {snapshot} is not consistent with the replica's last checkpoint ({replica_snapshot}: size {size}, time {time_ns}): the history was rewritten")]
+    Rewritten { snapshot: String, replica_snapshot: String, size: u64, time_ns: i64 },
+    #[error("cannot check the snapshot against the replica's last checkpoint: {0}")]
+    Check(String),
 }
 
 /// Why one area's `send | receive` failed.
@@ -138,6 +142,7 @@ pub fn replicate_one(
             let path = path.to_path_buf();
             move |source| ReplicateError::Io { path, source }
         };
+        check_consistent(dir, &snapshot::path_of(layout, &newest.name), &newest.name)?;
         fs::create_dir_all(&target).map_err(io(&target))?;
         // Left by an attempt that failed half-way: receive again.
         for area in Area::ALL {
@@ -167,6 +172,42 @@ pub fn replicate_one(
     progress.bytes_sent += bytes;
     progress.last_error = None;
     Ok(Some(Sent { snapshot: newest.name.clone(), incremental: parent.is_some(), bytes }))
+}
+
+/// Before a transfer to a folder replica: the newest snapshot the replica
+/// holds has a last checkpoint; the snapshot about to be sent must have the
+/// same tree at that size, computed from its own chain. A rewritten history
+/// (a root on the source that changed old blocks and re-signed) is refused
+/// here, before the replica acknowledges anything. (A command replica is
+/// out of reach; its receiving side can run `op-dbus verify --key`.)
+fn check_consistent(
+    replica_dir: &std::path::Path,
+    snapshot: &std::path::Path,
+    name: &str,
+) -> Result<(), ReplicateError> {
+    let mut held: Vec<_> = fs::read_dir(replica_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("@timing/checkpoints").is_file())
+        .collect();
+    held.sort();
+    let Some(last) = held.pop() else { return Ok(()) };
+    let replica_layout = Layout::new(&last, None);
+    let check = |e: crate::proof::checkpointer::ProofStartError| ReplicateError::Check(e.to_string());
+    let Some(cp) = crate::proof::checkpointer::last_checkpoint(&replica_layout).map_err(check)? else { return Ok(()) };
+    let size = cp.checkpoint.size;
+    let root = crate::proof::checkpointer::chain_root_at(&Layout::new(snapshot, None), size).map_err(check)?;
+    if root != Some(cp.checkpoint.root) {
+        return Err(ReplicateError::Rewritten {
+            snapshot: name.to_string(),
+            replica_snapshot: last.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            size,
+            time_ns: cp.time_ns,
+        });
+    }
+    Ok(())
 }
 
 fn receiver(replica: &ReplicaConfig, snapshot: &str, area: &str) -> Command {

@@ -41,6 +41,7 @@ fn record(policy: QueuePolicy) -> Recorded {
         layout: Layout::new(&state, None),
         max_batch: 64,
         snapshot: SnapshotConfig { interval: Interval::Off, ..Default::default() },
+        proof: crate::common::quick_proof(),
         faults: Faults { commit_delay: Some(Duration::from_millis(20)), ..Default::default() },
         ..PipelineConfig::new(&Config::default())
     };

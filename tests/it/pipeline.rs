@@ -31,6 +31,7 @@ fn config(dir: &std::path::Path, faults: Faults) -> PipelineConfig {
             interval: op_dbus::storage::retention::Interval::Off,
             ..Default::default()
         },
+        proof: crate::common::quick_proof(),
         faults,
     }
 }

@@ -53,8 +53,11 @@ fn timed_pipeline(state: &Path, period: std::time::Duration) -> op_dbus::pipelin
     use op_dbus::config::{Config, SnapshotConfig};
     use op_dbus::pipeline::{spawn_pipeline, PipelineConfig};
     use op_dbus::storage::retention::{Interval, Retention};
-    let mut cfg =
-        PipelineConfig { layout: op_dbus::layout::Layout::new(state, None), ..PipelineConfig::new(&Config::default()) };
+    let mut cfg = PipelineConfig {
+        layout: op_dbus::layout::Layout::new(state, None),
+        proof: crate::common::quick_proof(),
+        ..PipelineConfig::new(&Config::default())
+    };
     cfg.snapshot = SnapshotConfig {
         interval: Interval::Every(period),
         retention: Retention { recent: 100_000, ..Default::default() },

@@ -158,48 +158,50 @@ fn segment_header_flips_name_the_segment_first_seq() {
     assert!(missed.is_empty(), "verify passed with a flipped segment header byte at offsets {missed:?}");
 }
 
-/// (b) A record cut in the middle, as a crash leaves it (never indexed):
-/// verify reports a torn tail, not a fault; the next start cuts it and
-/// the next record takes its seq.
+/// (b) A record written only in part, as a crash leaves it (never
+/// acknowledged, so neither indexed nor sealed by a checkpoint): verify
+/// reports a torn tail, not a fault; the next start cuts it and the next
+/// record takes its seq.
 #[test]
 fn torn_last_record_is_a_torn_tail_and_is_cut_on_restart() {
     let t = template();
     let (_dir, state) = fresh();
-    // The index witnesses acknowledged records; a crash's torn record never got there.
-    std::fs::remove_dir_all(state.join("@cache")).unwrap();
     let (_, path) = segments(&state).last().unwrap().clone();
-    let bytes = std::fs::read(&path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
     let last = parse_frames(&bytes).last().unwrap().clone();
     assert_eq!(last.seq, RECORDS - 1);
-    let cut_at = last.offset + last.len / 2;
-    std::fs::write(&path, &bytes[..cut_at]).unwrap();
+    // The first half of a frame the size of the last one, after it.
+    let torn_at = bytes.len();
+    let half = last.len / 2;
+    bytes.extend_from_within(last.offset..last.offset + half);
+    std::fs::write(&path, &bytes).unwrap();
 
     let (code, report) = verify_json(&state);
     assert_eq!(code, 0, "{report}");
     assert!(report["fault"].is_null());
-    assert_eq!(report["head_seq"].as_u64(), Some(RECORDS - 2), "{report}");
+    assert_eq!(report["head_seq"].as_u64(), Some(RECORDS - 1), "{report}");
     let torn = &report["torn_tail"];
     assert!(Path::new(torn["file"].as_str().unwrap()).ends_with(path.file_name().unwrap()), "{report}");
-    assert_eq!(torn["offset"].as_u64(), Some(last.offset as u64), "{report}");
-    assert_eq!(torn["bytes"].as_u64(), Some((cut_at - last.offset) as u64), "{report}");
+    assert_eq!(torn["offset"].as_u64(), Some(torn_at as u64), "{report}");
+    assert_eq!(torn["bytes"].as_u64(), Some(half as u64), "{report}");
 
     let input = state.parent().unwrap().join("one.jsonl");
     let r =
         import_lines(&state, &input, [line("after.crash", "Write", json!({"id": "new"}))], &["--json"], &[SEGMENT_ENV]);
     r.expect_code(0);
-    assert_eq!(r.last_json()["head_seq"].as_u64(), Some(RECORDS - 1), "{}", r.stdout);
+    assert_eq!(r.last_json()["head_seq"].as_u64(), Some(RECORDS), "{}", r.stdout);
     assert!(r.stderr.contains("cut"), "the restart should say it cut the tail: {}", r.stderr);
 
     let (code, report) = verify_json(&state);
     assert_eq!(code, 0, "{report}");
     assert!(report["torn_tail"].is_null(), "{report}");
-    assert_eq!(report["head_seq"].as_u64(), Some(RECORDS - 1), "{report}");
+    assert_eq!(report["head_seq"].as_u64(), Some(RECORDS), "{report}");
     let log = log_json(&state, &[]);
     assert_linked(&log);
-    assert_eq!(log.len() as u64, RECORDS);
-    assert_eq!(&log[..RECORDS as usize - 1], &t.log[..RECORDS as usize - 1], "earlier blocks changed");
+    assert_eq!(log.len() as u64, RECORDS + 1);
+    assert_eq!(&log[..RECORDS as usize], &t.log[..], "earlier blocks changed");
     assert_eq!(log.last().unwrap()["data"], json!({"id": "new"}));
-    assert_eq!(log.last().unwrap()["prev_hash"], t.log[RECORDS as usize - 2]["hash"]);
+    assert_eq!(log.last().unwrap()["prev_hash"], t.log[RECORDS as usize - 1]["hash"]);
 }
 
 /// (b) The same cut below a record the index has seen is a lost
@@ -232,14 +234,37 @@ fn cutting_an_indexed_record_is_truncation() {
     assert_eq!(std::fs::read(&path).unwrap().len(), last.offset + 40, "nothing was cut");
     assert_fault(&state, "truncation", RECORDS - 1, None, "still reported after the refused start");
 
-    // The operator accepts the loss with `reindex`; then the next start cuts
-    // the tail and the index follows the chain (no stale entry).
+    // `reindex` makes the index follow the chain, but the block was also
+    // sealed by a signed checkpoint: the start still refuses, and says how
+    // the operator accepts the loss (a new checkpoint log).
     run(&state, &["reindex"]).expect_code(0);
+    let r = import_lines(&state, &input, [line("after.cut", "Write", json!("new"))], &[], &[SEGMENT_ENV]);
+    r.expect_code(3);
+    assert!(r.stderr.contains("departs from the last signed checkpoint"), "{}", r.stderr);
+    assert!(r.stderr.contains("@timing/checkpoints"), "{}", r.stderr);
+    let evidence = state.parent().unwrap().join("evidence");
+    std::fs::create_dir(&evidence).unwrap();
+    for log in ["checkpoints", "cosigned"] {
+        let from = state.join("@timing").join(log);
+        if from.exists() {
+            std::fs::rename(&from, evidence.join(log)).unwrap();
+        }
+    }
+    // Then the next start cuts the tail and the index follows the chain
+    // (no stale entry); the chain verifies, and the new log's first
+    // checkpoint vouches for the blocks before it only if it was signed in
+    // the epoch after theirs (here epochs are 1 s: it depends on the pace).
     let r = import_lines(&state, &input, [line("after.cut", "Write", json!("new"))], &[], &[SEGMENT_ENV]);
     r.expect_code(0);
     let (code, report) = verify_json(&state);
-    assert_eq!(code, 0, "{report}");
+    assert!(report["fault"].is_null(), "{report}");
     assert_eq!(report["head_seq"].as_u64(), Some(RECORDS - 1));
+    let cp = &report["checkpoints"];
+    assert_eq!(cp["last"]["size"], RECORDS, "{report}");
+    match code {
+        0 => assert!(cp["fault"].is_null(), "{report}"),
+        _ => assert_eq!(cp["fault"]["kind"], "unsealed range", "{report}"),
+    }
     let old_hash = t.log.last().unwrap()["hash"].as_str().unwrap();
     assert_eq!(run(&state, &["show", old_hash]).code, 1, "the cut block is still found by its hash");
     let shown = run(&state, &["show", &(RECORDS - 1).to_string(), "--json"]);

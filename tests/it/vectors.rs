@@ -258,6 +258,7 @@ fn a_burst_far_above_ml_speed_loses_no_block_and_the_lag_drains() {
         // The product default: the int8 model.
         vector: VectorConfig::default(),
         snapshot: SnapshotConfig { interval: Interval::Off, ..Default::default() },
+        proof: crate::common::quick_proof(),
         ..PipelineConfig::new(&Config::default())
     };
     assert_eq!(cfg.vector.precision, Precision::Int8);

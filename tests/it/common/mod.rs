@@ -35,9 +35,17 @@ pub fn command(state: &Path) -> Command {
         }
     }
     c.env("OP_DBUS_LOG", "warn");
+    // Keys made at first start: one-second epochs for an hour, so that
+    // making them is instant and a restart never waits long for the next epoch.
+    c.env("OP_DBUS_EPOCH_SECONDS", "1").env("OP_DBUS_PROVISION_HOURS", "1");
     c.arg("--config").arg("/dev/null").arg("--state-dir").arg(state);
     c.stdin(Stdio::null());
     c
+}
+
+/// `[proof]` for pipelines the tests start in process: as `command` sets it.
+pub fn quick_proof() -> op_dbus::config::ProofConfig {
+    op_dbus::config::ProofConfig { epoch_seconds: 1, provision_hours: 1, ..Default::default() }
 }
 
 /// What a finished command did.
