@@ -30,7 +30,7 @@ use crate::chain::reader::{split_payload, FrameReader, Step};
 use crate::chain::HEADER_LEN;
 use crate::health::Health;
 use crate::layout::Layout;
-use crate::merkle::Hash;
+use crate::merkle::{Hash, NodeSource};
 use crate::metrics as m;
 use crate::note::checkpoint::{sign_checkpoint, verify_checkpoint, Checkpoint, OpCheckpoint, StartLine};
 
@@ -187,26 +187,31 @@ pub struct Integration {
     not_before: i64,
 }
 
+/// Whether tiles of `size` leaves end on the chain: their last leaf is the
+/// leaf of the chain's block `size - 1`. The tiles are derived data and
+/// the tree they hold is what gets signed next, so a chain that changed
+/// under them (a history rewritten by root recomputes every later hash,
+/// the last block's too) must not be extended with them: one block read
+/// and one tile entry, at every start.
+fn tiles_end_on_chain(layout: &Layout, dir: &std::path::Path, size: u64) -> Result<bool, ProofStartError> {
+    if size == 0 {
+        return Ok(true);
+    }
+    let mut last = None;
+    HashFollower::default().read(layout, size - 1, size, |h| {
+        last = Some(*h);
+        Ok(())
+    })?;
+    let Some(last) = last else { return Ok(false) };
+    let leaf = TileReader::new(dir).source(size).node(0, size - 1);
+    Ok(leaf.ok() == Some(crate::merkle::leaf_hash(&last)))
+}
+
 impl Integration {
     /// Opens the tiles (rebuilding or extending them from the chain up to
     /// `chain_height`) and the checkpoint log, and refuses a chain whose
     /// tree at the last checkpoint's size is not the one it signed.
     pub fn open(layout: &Layout, keys: EpochKeys, chain_height: u64) -> Result<Integration, ProofStartError> {
-        let dir = layout.cache.join("tiles");
-        let mut tiles = TileWriter::open(&dir);
-        if tiles.size() > chain_height {
-            tracing::warn!(
-                tiles = tiles.size(),
-                chain = chain_height,
-                "the Merkle tiles are ahead of the chain; rebuilding them"
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-            tiles = TileWriter::open(&dir);
-        }
-        let mut follower = HashFollower::default();
-        let from = tiles.size();
-        follower.read(layout, from, chain_height, |h| tiles.push(h))?;
-        tiles.flush()?;
         let log_path = layout.timing.join("checkpoints");
         let (log, notes) = NoteLog::open(&log_path, CHECKPOINTS_MAGIC)?;
         let last = match notes.last() {
@@ -217,6 +222,43 @@ impl Integration {
                     .cp,
             ),
         };
+        let dir = layout.cache.join("tiles");
+        let mut tiles = TileWriter::open(&dir);
+        let why = if tiles.size() > chain_height {
+            Some("the Merkle tiles are ahead of the chain; rebuilding them")
+        } else if !tiles_end_on_chain(layout, &dir, tiles.size())? {
+            // The chain changed under the tiles. If they still hold the
+            // signed tree, the chain departs from it: refuse, and keep the
+            // tiles (`verify` finds the first changed block with them).
+            if let Some(cp) = &last {
+                let (size, time_ns) = (cp.checkpoint.size, cp.time_ns);
+                let reader = TileReader::new(&dir);
+                if size <= tiles.size()
+                    && crate::merkle::root(size, &reader.source(size)).ok() == Some(cp.checkpoint.root)
+                {
+                    return Err(ProofStartError::Departed {
+                        size,
+                        time_ns,
+                        detail: format!(
+                            "the chain's block {} is not the one in the signed tree, so a block at or before it was changed",
+                            tiles.size() - 1
+                        ),
+                    });
+                }
+            }
+            Some("the Merkle tiles are not of this chain (their last leaf is not the chain's block): rebuilding them")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::warn!(tiles = tiles.size(), chain = chain_height, "{why}");
+            let _ = std::fs::remove_dir_all(&dir);
+            tiles = TileWriter::open(&dir);
+        }
+        let mut follower = HashFollower::default();
+        let from = tiles.size();
+        follower.read(layout, from, chain_height, |h| tiles.push(h))?;
+        tiles.flush()?;
         if let Some(cp) = &last {
             let (size, time_ns) = (cp.checkpoint.size, cp.time_ns);
             if size > tiles.size() {

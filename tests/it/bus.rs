@@ -556,3 +556,53 @@ fn search_method_answers_from_the_stored_vectors() {
     assert!(e.starts_with("org.opdbus.Error.InvalidArgument"), "{e}");
     d.stop();
 }
+
+/// The size of a checkpoint note (its second line).
+fn note_size(note: &str) -> u64 {
+    note.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("not a checkpoint: {note}"))
+}
+
+/// GetCheckpoint, GetProof and GetConsistency answer with what the CLI
+/// writes: a signed checkpoint and tlog-proof bundles that `verify-proof`
+/// accepts with nothing but the identity key.
+#[test]
+fn checkpoints_and_proofs_are_served_on_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&dir.path().join("bus"));
+    let state = dir.path().join("state");
+    let d = Daemon::start(&bus, &state, "[proof]\ncheckpoint_interval_ms = 100\n");
+    bus.emit(&["sample"]);
+    let blocks = d.wait_log("the sample", |b| b.len() >= 6);
+    let wait_checkpoint = |min: u64| {
+        common::wait_for("a checkpoint covering the blocks", Duration::from_secs(30), || {
+            let note: String = call(&bus, "GetCheckpoint", &()).ok()?;
+            (note_size(&note) >= min).then_some(note)
+        })
+    };
+    let first = wait_checkpoint(blocks.len() as u64);
+    let old = note_size(&first);
+    let key = state.join("keys/identity.pub");
+    assert!(first.contains(&format!("\n— {} ", std::fs::read_to_string(&key).unwrap().split('+').next().unwrap())));
+
+    let check = |bundle: &str, name: &str| -> Value {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bundle).unwrap();
+        let r = common::run_bare(&["verify-proof", path.to_str().unwrap(), "--key", key.to_str().unwrap(), "--json"]);
+        r.expect_code(0);
+        r.last_json()
+    };
+    let proof: String = call(&bus, "GetProof", &(2u64,)).unwrap();
+    let got = check(&proof, "two.tlog-proof");
+    assert_eq!(got["block"], blocks[2], "{got}");
+
+    bus.emit(&["sample"]);
+    d.wait_log("the second sample", |b| b.len() >= blocks.len() + 6);
+    let newer = note_size(&wait_checkpoint(old + 6));
+    let consistency: String = call(&bus, "GetConsistency", &(old, newer)).unwrap();
+    let got = check(&consistency, "consistency.tlog-proof");
+    assert_eq!((got["kind"].as_str(), got["old_size"].as_u64()), (Some("consistency"), Some(old)), "{got}");
+
+    let e = error_name(call::<_, String>(&bus, "GetProof", &(1_000_000u64,)).unwrap_err());
+    assert!(e.starts_with("org.opdbus.Error."), "{e}");
+    d.stop();
+}

@@ -15,6 +15,7 @@ mod crash;
 mod daemon;
 mod ml;
 mod pipeline;
+mod proof;
 mod query;
 mod replication;
 mod snapshots;

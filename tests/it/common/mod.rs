@@ -27,6 +27,12 @@ pub const HEURISTIC: &str = "heuristic-v1";
 /// `OP_DBUS_*` / `OPDBUS_*` variable of the caller's environment removed so
 /// that only what a test sets applies.
 pub fn command(state: &Path) -> Command {
+    command_config(state, Path::new("/dev/null"))
+}
+
+/// As [`command`], with the configuration file `config` (for what only a
+/// file can set, such as `[[witness]]`).
+pub fn command_config(state: &Path, config: &Path) -> Command {
     let mut c = Command::new(BIN);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
@@ -38,7 +44,7 @@ pub fn command(state: &Path) -> Command {
     // Keys made at first start: one-second epochs for an hour, so that
     // making them is instant and a restart never waits long for the next epoch.
     c.env("OP_DBUS_EPOCH_SECONDS", "1").env("OP_DBUS_PROVISION_HOURS", "1");
-    c.arg("--config").arg("/dev/null").arg("--state-dir").arg(state);
+    c.arg("--config").arg(config).arg("--state-dir").arg(state);
     c.stdin(Stdio::null());
     c
 }
@@ -93,6 +99,18 @@ pub fn run_env(state: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     for (k, v) in envs {
         c.env(k, v);
     }
+    Run::from_output(c.output().expect("spawn op-dbus"))
+}
+
+/// Runs `op-dbus --config config --state-dir state ARGS`.
+pub fn run_config(state: &Path, config: &Path, args: &[&str]) -> Run {
+    Run::from_output(command_config(state, config).args(args).output().expect("spawn op-dbus"))
+}
+
+/// Runs `op-dbus ARGS` with no state dir and no configuration (`verify-proof`, `witness`).
+pub fn run_bare(args: &[&str]) -> Run {
+    let mut c = Command::new(BIN);
+    c.env("OP_DBUS_LOG", "warn").args(args).stdin(Stdio::null());
     Run::from_output(c.output().expect("spawn op-dbus"))
 }
 
