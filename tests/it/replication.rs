@@ -246,3 +246,41 @@ fn the_daemon_replicates_its_snapshots() {
     assert!(d.wait().unwrap().success());
     verify_received(&s.dst.as_ref().unwrap().mount.join("replica").join(&acked));
 }
+
+/// Root on the source rewrites an old block (every later hash recomputed)
+/// and, since the host refuses to snapshot it, also its checkpoint logs:
+/// the replica's last checkpoint signed another tree at its size, so the
+/// transfer is refused before the replica receives anything.
+#[test]
+fn a_replica_refuses_a_rewritten_history() {
+    let s = setup("[[replica]]\nname = \"b\"\ndir = \"{B}/replica\"\n", "");
+    import(&s, 0, 500);
+    snapshot(&s);
+    op(&s, &["replicate"]).expect_code(0);
+    let replica = s.dst.as_ref().unwrap().mount.join("replica");
+    let held = std::fs::read_dir(&replica).unwrap().count();
+
+    let layout = op_dbus::layout::Layout::new(&s.state, None);
+    op_dbus::faults::rewrite_history(&layout, 100, |d| {
+        let last = d.len() - 1;
+        assert_eq!(d[last], b'y');
+        d[last] = b'z';
+    })
+    .unwrap();
+    // The host refuses to go on from a chain that departs from what it
+    // signed; root discards the checkpoint logs and the derived data too.
+    let r = op(&s, &["snapshot", "now"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("departs from the last signed checkpoint"), "{r:?}");
+    for f in ["checkpoints", "cosigned"] {
+        let _ = std::fs::remove_file(s.state.join("@timing").join(f));
+    }
+    op(&s, &["reindex"]).expect_code(0);
+    import(&s, 500, 10);
+    let forged = snapshot(&s);
+    let r = op(&s, &["replicate"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stdout.contains("b: FAILED") && r.stdout.contains("the history was rewritten"), "{r:?}");
+    assert!(!replica.join(&forged).exists(), "the forged snapshot reached the replica");
+    assert_eq!(std::fs::read_dir(&replica).unwrap().count(), held);
+}
