@@ -23,6 +23,7 @@ pub struct Status {
     /// The state dir's filesystem type (`btrfs`, `ext4`, ...).
     pub(crate) filesystem: String,
     pub(crate) index: IndexStatus,
+    pub(crate) proof: ProofStatus,
     pub(crate) state_dir: PathBuf,
     /// How the areas are stored (`btrfs subvolumes`, ...).
     pub(crate) storage: String,
@@ -53,6 +54,24 @@ pub struct IndexStatus {
     /// Chain blocks not indexed yet; `None` without an index.
     pub(crate) lag: Option<u64>,
     pub(crate) present: bool,
+}
+
+/// The signing keys and the newest checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProofStatus {
+    /// Why the keys or the checkpoint log could not be read.
+    pub(crate) error: Option<String>,
+    /// The identity vkey; `None` before `keys init` (or the first start).
+    pub(crate) identity: Option<String>,
+    /// Whether the identity secret is still in `keys/` (move it off the host).
+    pub(crate) identity_secret_on_host: bool,
+    /// The newest checkpoint's tree size and time (unix ns).
+    pub(crate) last_checkpoint_size: Option<u64>,
+    pub(crate) last_checkpoint_time_ns: Option<i64>,
+    /// When the last provisioned epoch ends (unix s): renew before.
+    pub(crate) provisioned_until: Option<u64>,
+    /// Durable blocks no checkpoint covers yet.
+    pub(crate) unsealed: u64,
 }
 
 /// What `vectors.json` says the daemon (or the last backfill) uses, and how
@@ -117,6 +136,7 @@ pub fn read(layout: &Layout, index: Option<&Index>, vector_level: VectorLevel) -
             lag: index_next.map(|n| head.next_seq.saturating_sub(n)),
             present: index.is_some(),
         },
+        proof: proof_status(layout, head.next_seq),
         state_dir: layout.state_dir.clone(),
         storage: crate::layout::describe(&[&layout.timing, &layout.vectors, &layout.cache]),
         vector_level: vector_level.as_str(),
@@ -129,6 +149,37 @@ pub fn read(layout: &Layout, index: Option<&Index>, vector_level: VectorLevel) -
         },
         writer_pid: writer_pid(layout),
     })
+}
+
+fn proof_status(layout: &Layout, blocks: u64) -> ProofStatus {
+    let mut p = ProofStatus {
+        error: None,
+        identity: None,
+        identity_secret_on_host: false,
+        last_checkpoint_size: None,
+        last_checkpoint_time_ns: None,
+        provisioned_until: None,
+        unsealed: blocks,
+    };
+    match crate::proof::keys::EpochKeys::open(&layout.state_dir) {
+        Ok(Some(k)) => {
+            p.identity = Some(k.identity().to_vkey());
+            p.identity_secret_on_host = k.identity_secret_on_host();
+            p.provisioned_until = Some(k.provisioned_until());
+        }
+        Ok(None) => {}
+        Err(e) => p.error = Some(e.to_string()),
+    }
+    match crate::proof::checkpointer::last_checkpoint(layout) {
+        Ok(Some(cp)) => {
+            p.last_checkpoint_size = Some(cp.checkpoint.size);
+            p.last_checkpoint_time_ns = Some(cp.time_ns);
+            p.unsealed = blocks.saturating_sub(cp.checkpoint.size);
+        }
+        Ok(None) => {}
+        Err(e) => p.error = p.error.take().or(Some(e.to_string())),
+    }
+    p
 }
 
 /// The pid in the state dir's lock file while a process holds the lock.

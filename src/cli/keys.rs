@@ -111,11 +111,11 @@ fn key_failure(e: keys::KeyError) -> Failure {
     }
 }
 
-fn time(unix_s: u64) -> String {
+pub(super) fn time(unix_s: u64) -> String {
     chrono::DateTime::from_timestamp(unix_s as i64, 0).map_or(unix_s.to_string(), |t| t.to_rfc3339())
 }
 
-fn left_text(s: i64) -> String {
+pub(super) fn left_text(s: i64) -> String {
     if s <= 0 {
         "ENDED: nothing can be signed".into()
     } else {

@@ -35,5 +35,26 @@ pub(super) fn run(global: &Global, a: JsonArg) -> Result<u8, Failure> {
         }
         _ => println!("vectors     level {} (no search vectors yet)", s.vector_level),
     }
+    let p = &s.proof;
+    match &p.identity {
+        None => println!("proof       no keys yet (`op-dbus keys init`, or the first start makes them)"),
+        Some(id) => {
+            let until = p.provisioned_until.unwrap_or(0);
+            let left = until as i64 - crate::codec::now_ns() / 1_000_000_000;
+            println!(
+                "proof       identity {id}; epoch keys until {} ({}; renew before with `op-dbus keys renew`){}",
+                super::keys::time(until),
+                super::keys::left_text(left),
+                if p.identity_secret_on_host { "; the identity secret is on this host: move it off" } else { "" }
+            );
+        }
+    }
+    match p.last_checkpoint_size {
+        Some(size) => println!("checkpoint  size {size}, {} blocks not yet sealed", p.unsealed),
+        None => println!("checkpoint  none yet"),
+    }
+    if let Some(e) = &p.error {
+        println!("            ERROR: {e}");
+    }
     Ok(0)
 }
