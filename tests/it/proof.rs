@@ -188,7 +188,11 @@ fn a_rewritten_block_is_named_by_the_checkpoints_and_refused() {
     assert_eq!(code, 0, "{report}");
     assert!(checkpoints(&report)["cosigned"].as_u64().unwrap() >= 1, "never cosigned: {report}");
     let status = status_json(&h.state)["proof"].clone();
-    assert_eq!((status["last_checkpoint_size"].as_u64(), status["unsealed"].as_u64()), (Some(300), Some(0)), "{status}");
+    assert_eq!(
+        (status["last_checkpoint_size"].as_u64(), status["unsealed"].as_u64()),
+        (Some(300), Some(0)),
+        "{status}"
+    );
     assert_eq!(status["identity"].as_str().map(|s| format!("{s}\n")), std::fs::read_to_string(&h.identity).ok());
     assert_eq!(status["identity_secret_on_host"], true);
     let before = h.prove(100, "before.tlog-proof");
