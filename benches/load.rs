@@ -171,7 +171,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Submit-to-durable latency at a steady rate, in ms: (p50, p99, max).
-fn steady_latency(dir: &Path, rate: u64, seconds: u64) -> (f64, f64, f64) {
+fn steady_latency(dir: &Path, rate: u64, seconds: u64, proof: bool) -> (f64, f64, f64) {
     let system = actix_rt::System::new();
     system.block_on(async {
         // The product defaults (config/op-dbus.toml).
@@ -182,6 +182,7 @@ fn steady_latency(dir: &Path, rate: u64, seconds: u64) -> (f64, f64, f64) {
             ..PipelineConfig::new(&defaults)
         };
         cfg.snapshot.interval = op_dbus::storage::retention::Interval::Off;
+        cfg.proof.enabled = proof;
         let p = spawn_pipeline(cfg).unwrap();
         // One event per submission, paced every 1/rate s in ticks of 1 ms.
         let per_tick = (rate / 1000).max(1);
@@ -280,6 +281,28 @@ fn main() {
     }
     imports.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
     let (import_s, import_mem, _) = imports.swap_remove(1);
+    // The same import with the Merkle tree and checkpoints off
+    // (`OP_DBUS_PROOF=0`): what tamper evidence costs.
+    let mut unproven = Vec::new();
+    let off = dir.path().join("state-noproof");
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(&off);
+        settle();
+        unproven.push(timed(&[
+            "env",
+            "OP_DBUS_PROOF=0",
+            BIN,
+            "--config",
+            "/dev/null",
+            "--state-dir",
+            off.to_str().unwrap(),
+            "import",
+            jsonl.to_str().unwrap(),
+        ]));
+    }
+    let _ = std::fs::remove_dir_all(&off);
+    unproven.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    let (off_s, off_mem, _) = unproven.swap_remove(1);
     settle();
     let sqlite_s = sqlite_import(&jsonl, &dir.path().join("peer.db"));
 
@@ -300,7 +323,8 @@ fn main() {
     sha.extend(segments.iter().map(String::as_str));
     let (sha_s, _, _) = timed(&sha);
 
-    let (p50, p99, max) = steady_latency(&dir.path().join("latency"), rate, seconds);
+    let (p50, p99, max) = steady_latency(&dir.path().join("latency"), rate, seconds, true);
+    let (np50, np99, nmax) = steady_latency(&dir.path().join("latency-noproof"), rate, seconds, false);
     let (sp50, sp99, smax) = sqlite_latency(&dir.path().join("latency.db"), rate, seconds);
 
     println!("\n| measurement | op-dbus | peer | ratio |");
@@ -310,6 +334,12 @@ fn main() {
         n as f64 / import_s,
         n as f64 / sqlite_s,
         sqlite_s / import_s
+    );
+    println!(
+        "| the same import with proofs off (OP_DBUS_PROOF=0) | {:.0}/s ({off_s:.2} s, peak RSS {} KiB) | proofs on, above | on takes {:.2}x the time |",
+        n as f64 / off_s,
+        off_mem.max_rss_kib,
+        import_s / off_s
     );
     println!(
         "| peak RSS of that import | {} KiB (peaks sampled: anonymous {} KiB, file-backed {} KiB) | | |",
@@ -324,5 +354,9 @@ fn main() {
     println!(
         "| submit-to-durable latency at {rate}/s for {seconds} s | p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms | SQLite commit per 1 ms tick: p50 {sp50:.2} ms, p99 {sp99:.2} ms, max {smax:.2} ms | p99 {:.2}x |",
         p99 / sp99
+    );
+    println!(
+        "| the same latency with proofs off | p50 {np50:.2} ms, p99 {np99:.2} ms, max {nmax:.2} ms | proofs on, above | p99 on/off {:.2}x |",
+        p99 / np99
     );
 }

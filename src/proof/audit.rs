@@ -21,6 +21,8 @@ pub struct CheckpointRef {
     pub index: usize,
     /// `checkpoints` or `cosigned`.
     pub log: &'static str,
+    /// As the checkpoint says; for one whose signature failed, what it
+    /// claims (unverified).
     pub size: u64,
     pub time_ns: i64,
     pub epoch: u64,
@@ -148,7 +150,14 @@ impl Audit {
                 } else {
                     "bad signature"
                 };
-                let r = CheckpointRef { index, log, size: 0, time_ns: 0, epoch: 0 };
+                // What it claims, unverified, so that the report says
+                // which checkpoint (0s when even that does not parse).
+                let claimed = crate::note::Note::parse(note).ok().and_then(|n| {
+                    OpCheckpoint::from_checkpoint(crate::note::checkpoint::Checkpoint::parse_text(&n.text).ok()?).ok()
+                });
+                let (size, time_ns, epoch) =
+                    claimed.map_or((0, 0, 0), |c| (c.checkpoint.size, c.time_ns, c.epoch.epoch));
+                let r = CheckpointRef { index, log, size, time_ns, epoch };
                 self.fail(AuditFault { kind, checkpoint: Some(r), seq: None, seq_range: None, detail: e.to_string() });
                 return;
             }

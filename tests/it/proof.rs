@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use op_dbus::layout::Layout;
+use op_dbus::note::checkpoint::{sign_checkpoint, EpochLine, OpCheckpoint, StartLine};
+use op_dbus::proof::keys::EpochKeys;
+use op_dbus::proof::log::{NoteLog, CHECKPOINTS_MAGIC};
 use serde_json::{json, Value};
 
 /// A witness process (`op-dbus witness`) on a free port; killed on drop.
@@ -408,21 +411,20 @@ fn flip_base64(line: &str, pos: usize) -> String {
 }
 
 /// kill -9 at arbitrary points of a run that checkpoints every few
-/// milliseconds: every time, the state verifies (blocks of the cut run are
-/// at worst unsealed or sealed late by the next start, never a fault), and
-/// the next run records on.
+/// milliseconds and pushes to a witness: every time, the state verifies
+/// (all checkpoints consistent; blocks of the cut run at worst unsealed or
+/// sealed late by the next start, never a fault), and after the kills the
+/// witness cosigns the next checkpoint (no fork was signed).
 #[test]
 fn kill_nine_while_checkpointing_leaves_a_chain_that_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let input = dir.path().join("in.jsonl");
+    let h = Host::new();
+    let input = h.dir.path().join("big.jsonl");
     write_lines(&input, (0..20_000u64).map(|i| line("proof.kill", "Write", json!({ "i": i, "pad": "x".repeat(200) }))));
-    let one = dir.path().join("one.jsonl");
-    import_lines(&state, &one, [line("proof.kill", "Write", json!("first"))], &[], &[]).expect_code(0);
+    h.import(0, 1).expect_code(0);
     let mut rng = Rng(11);
     let mut heads = Vec::new();
     for round in 0..6 {
-        let mut c = command(&state);
+        let mut c = command_config(&h.state, &h.config);
         c.args(["import", input.to_str().unwrap()])
             .env("OP_DBUS_CHECKPOINT_INTERVAL_MS", "10")
             .env("OP_DBUS_MAX_BATCH", "64")
@@ -432,16 +434,128 @@ fn kill_nine_while_checkpointing_leaves_a_chain_that_verifies() {
         std::thread::sleep(std::time::Duration::from_millis(rng.range(300, 1500)));
         let _ = child.kill();
         let _ = child.wait();
-        let (code, report) = verify_json(&state);
+        let (code, report) = verify_json(&h.state);
         assert_eq!(code, 0, "round {round}: {report}");
         assert!(report["checkpoints"]["ok"].as_bool().unwrap(), "round {round}: {report}");
         heads.push(report["head_seq"].as_u64().unwrap());
     }
     assert!(heads.windows(2).all(|w| w[0] < w[1]), "every round recorded some blocks: heads {heads:?}");
-    // A clean run after the kills seals everything.
+    // A clean run after the kills seals everything, and the witness
+    // cosigns its checkpoint: a consistent extension of what it saw.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    import_lines(&state, &one, [line("proof.kill", "Write", json!("last"))], &[], &[]).expect_code(0);
-    let (code, report) = verify_json(&state);
+    let r = h.import(1_000_000, 1);
+    r.expect_code(0);
+    assert!(!r.stderr.contains("witness push failed"), "{}", r.stderr);
+    let (code, report) = verify_json(&h.state);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["checkpoints"]["unsealed_tail"], 0, "{report}");
+    let head = report["head_seq"].as_u64().unwrap();
+    let bundle = h.prove(head, "head.tlog-proof");
+    h.verify_proof(&bundle).expect_code(0);
+    assert_eq!(h.witness.evidence(), 0, "the witness kept evidence of a fork");
+}
+
+/// What root holds at a time: the key of the epoch in progress (and the
+/// certificates of every epoch). `forged` gets the last checkpoint and
+/// that epoch's certificate line and returns the checkpoint to sign; the
+/// note is appended to the checkpoint log as the checkpointer would.
+fn append_forged(state: &Path, forged: impl FnOnce(OpCheckpoint, EpochLine) -> OpCheckpoint) -> OpCheckpoint {
+    let layout = Layout::new(state, None);
+    let keys = EpochKeys::open(state).unwrap().expect("keys");
+    let last = op_dbus::proof::checkpointer::last_checkpoint(&layout).unwrap().expect("a checkpoint");
+    let now = keys.schedule().epoch_of(op_dbus::codec::now_ns()).unwrap();
+    let (signer, line) = keys.signer_for(now).unwrap();
+    let cp = forged(last, line);
+    let (mut log, _) = NoteLog::open(&state.join("@timing/checkpoints"), CHECKPOINTS_MAGIC).unwrap();
+    log.append(&sign_checkpoint(&cp, &signer).to_bytes()).unwrap();
+    cp
+}
+
+fn fault_of(state: &Path) -> Value {
+    let (code, report) = verify_json(state);
+    assert_eq!(code, 1, "{report}");
+    assert!(report["fault"].is_null(), "the chain itself is sound: {report}");
+    report["checkpoints"]["fault"].clone()
+}
+
+/// Root signs, with the key it holds now, a checkpoint dated in an epoch
+/// that has ended (to back-date a sealed state): not its epoch's key.
+#[test]
+fn a_checkpoint_back_dated_with_the_current_key_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    import_lines(&state, &dir.path().join("a.jsonl"), (0..20).map(|i| line("p", "W", json!(i))), &[], &[])
+        .expect_code(0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut back = 0;
+    let cp = append_forged(&state, |last, line| {
+        back = last.epoch.epoch;
+        OpCheckpoint { time_ns: last.time_ns + 1, epoch: line, start: None, ..last }
+    });
+    assert!(cp.epoch.epoch > back, "signed with a later epoch's key");
+    let f = fault_of(&state);
+    assert_eq!(f["kind"], "wrong epoch key", "{f}");
+    assert_eq!(f["checkpoint"]["time_ns"], cp.time_ns, "{f}");
+}
+
+/// A checkpoint two epochs after its predecessor with no start line: the
+/// checkpoints of the epoch between were removed (a running daemon signs
+/// every epoch; a stopped one declares the downtime when it starts).
+#[test]
+fn an_epoch_gap_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    import_lines(&state, &dir.path().join("a.jsonl"), (0..20).map(|i| line("p", "W", json!(i))), &[], &[])
+        .expect_code(0);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let mut prev = 0;
+    let cp = append_forged(&state, |last, line| {
+        prev = last.epoch.epoch;
+        OpCheckpoint { time_ns: op_dbus::codec::now_ns(), epoch: line, start: None, ..last }
+    });
+    assert!(cp.epoch.epoch >= prev + 2);
+    let f = fault_of(&state);
+    assert_eq!(f["kind"], "epoch gap", "{f}");
+
+    // The same checkpoint with a start line that names its predecessor
+    // exactly is a declared downtime, and verifies.
+    let dir2 = tempfile::tempdir().unwrap();
+    let state2 = dir2.path().join("state");
+    import_lines(&state2, &dir2.path().join("a.jsonl"), (0..20).map(|i| line("p", "W", json!(i))), &[], &[])
+        .expect_code(0);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    append_forged(&state2, |last, line| OpCheckpoint {
+        time_ns: op_dbus::codec::now_ns(),
+        epoch: line,
+        start: Some(StartLine::After { size: last.checkpoint.size, time_ns: last.time_ns }),
+        ..last
+    });
+    let (code, report) = verify_json(&state2);
+    assert_eq!(code, 0, "{report}");
+}
+
+/// Blocks recorded with the checkpoints off, long after the last
+/// checkpoint, then sealed much later: a range of time that should have
+/// been sealed and was not, named by its first seq (journald's
+/// CVE-2023-31438 passed exactly this).
+#[test]
+fn an_unsealed_range_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    import_lines(&state, &dir.path().join("a.jsonl"), (0..20).map(|i| line("p", "W", json!(i))), &[], &[])
+        .expect_code(0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    import_lines(
+        &state,
+        &dir.path().join("b.jsonl"),
+        (20..30).map(|i| line("p", "W", json!(i))),
+        &[],
+        &[("OP_DBUS_PROOF", "0")],
+    )
+    .expect_code(0);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    import_lines(&state, &dir.path().join("c.jsonl"), [line("p", "W", json!(30))], &[], &[]).expect_code(0);
+    let f = fault_of(&state);
+    assert_eq!(f["kind"], "unsealed range", "{f}");
+    assert_eq!(f["seq"], 20, "{f}");
 }
