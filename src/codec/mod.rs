@@ -745,7 +745,7 @@ mod tests {
 
 /// The worked example of docs/FORMAT.md; the test below keeps the document honest.
 #[cfg(test)]
-mod format_example {
+pub(crate) mod format_example {
     use super::*;
 
     pub(crate) fn block() -> BlockBody {

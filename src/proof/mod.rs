@@ -7,6 +7,8 @@
 pub mod audit;
 pub mod bundle;
 pub mod checkpointer;
+#[cfg(test)]
+mod format_example;
 pub mod keys;
 pub mod log;
 pub mod push;
