@@ -7,7 +7,7 @@ METRICS ?= 127.0.0.1:9464
 # Where `make models` installs ONNX Runtime and the models (the tests read them here).
 MODEL_DIR ?= $(CURDIR)/models
 
-.PHONY: help deps models run demo build test lint fmt bench bench-criterion bench-load bench-bus bench-snapshots bench-embed bench-search clean
+.PHONY: help deps models run demo build test lint fmt bench bench-criterion bench-load bench-bus bench-snapshots bench-embed bench-search bench-proof clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -47,10 +47,13 @@ lint: ## rustfmt check, clippy with warnings as errors, no import circles
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: bench-criterion bench-load bench-bus bench-snapshots bench-embed bench-search ## run every benchmark (see BENCHMARKS.md)
+bench: bench-criterion bench-load bench-bus bench-snapshots bench-embed bench-search bench-proof ## run every benchmark (see BENCHMARKS.md)
 
 bench-criterion: ## criterion micro-benchmarks: codec and LMDB vs SQLite
 	$(CARGO) bench --locked --bench codec --bench index
+
+bench-proof: ## Merkle proofs vs tlog_tiles on 10M entries, cosign round trip to a witness, keys init (PROOF_N=10000000)
+	$(CARGO) bench --locked --bench proof
 
 bench-load: ## end-to-end import, verify and latency against their peers (LOAD_N=1000000)
 	$(CARGO) bench --locked --bench load

@@ -4,6 +4,7 @@
 //! multiples of 8 are hashed from the tile below them.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::{node_hash, Hash, NodeSource, ProofError};
@@ -50,25 +51,45 @@ pub fn parse_hash_tile(b: &[u8]) -> Result<Vec<Hash>, ProofError> {
     Ok(b.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect())
 }
 
-/// The root of a complete run of 2^k hashes.
-fn perfect_root(hashes: &[Hash]) -> Hash {
-    if hashes.len() == 1 {
-        return hashes[0];
-    }
-    let (l, r) = hashes.split_at(hashes.len() / 2);
-    node_hash(&perfect_root(l), &perfect_root(r))
+/// A fetched tile with the nodes above its hashes: `levels[0]` is the
+/// tile, `levels[k]` the complete subtrees of 2^k of its hashes, so that
+/// any node the tile covers is one lookup once the tile is cached.
+struct Expanded {
+    levels: Vec<Vec<Hash>>,
 }
 
-/// A fetched tile: (level, index) and its hashes.
-type CachedTile = ((u8, u64), Arc<Vec<Hash>>);
+impl Expanded {
+    fn new(tile: &[Hash]) -> Expanded {
+        let mut levels = vec![tile.to_vec()];
+        while levels.last().is_some_and(|l| l.len() >= 2) {
+            let below = levels.last().expect("a level");
+            let above = below.chunks_exact(2).map(|p| node_hash(&p[0], &p[1])).collect();
+            levels.push(above);
+        }
+        Expanded { levels }
+    }
+
+    fn width(&self) -> u64 {
+        self.levels[0].len() as u64
+    }
+}
+
+/// Tiles fetched, by (level, index), with the order they came in (the
+/// oldest is evicted first).
+#[derive(Default)]
+struct Cache {
+    tiles: HashMap<(u8, u64), Arc<Expanded>>,
+    order: VecDeque<(u8, u64)>,
+}
 
 /// Nodes of a tree of `size` leaves, read from tiles with `fetch(level,
 /// n, min_width)`, which returns tile (level, n) holding at least
-/// `min_width` hashes. The last `cache` tiles fetched are kept.
+/// `min_width` hashes. The last `cache` tiles fetched are kept, with their
+/// interior nodes.
 pub struct TileSource<F> {
     size: u64,
     fetch: F,
-    cache: RefCell<Vec<CachedTile>>,
+    cache: RefCell<Cache>,
     capacity: usize,
 }
 
@@ -77,13 +98,12 @@ where
     F: Fn(u8, u64, u64) -> Result<Arc<Vec<Hash>>, ProofError>,
 {
     pub fn new(size: u64, fetch: F, cache: usize) -> TileSource<F> {
-        TileSource { size, fetch, cache: RefCell::new(Vec::new()), capacity: cache.max(1) }
+        TileSource { size, fetch, cache: RefCell::new(Cache::default()), capacity: cache.max(1) }
     }
 
-    fn tile(&self, level: u8, n: u64, min_width: u64) -> Result<Arc<Vec<Hash>>, ProofError> {
-        {
-            let c = self.cache.borrow();
-            if let Some((_, t)) = c.iter().find(|(k, t)| *k == (level, n) && t.len() as u64 >= min_width) {
+    fn tile(&self, level: u8, n: u64, min_width: u64) -> Result<Arc<Expanded>, ProofError> {
+        if let Some(t) = self.cache.borrow().tiles.get(&(level, n)) {
+            if t.width() >= min_width {
                 return Ok(t.clone());
             }
         }
@@ -91,12 +111,15 @@ where
         if (t.len() as u64) < min_width {
             return Err(ProofError::Missing { level: level * TILE_HEIGHT, index: n * TILE_WIDTH + t.len() as u64 });
         }
+        let t = Arc::new(Expanded::new(&t));
         let mut c = self.cache.borrow_mut();
-        c.retain(|(k, _)| *k != (level, n));
-        if c.len() >= self.capacity {
-            c.remove(0);
+        if c.tiles.insert((level, n), t.clone()).is_none() {
+            c.order.push_back((level, n));
         }
-        c.push(((level, n), t.clone()));
+        while c.order.len() > self.capacity {
+            let old = c.order.pop_front().expect("not empty");
+            c.tiles.remove(&old);
+        }
         Ok(t)
     }
 }
@@ -118,9 +141,11 @@ where
         let first = index << rise; // among the nodes of level 8·tile_level
         let count = 1u64 << rise;
         let n = first / TILE_WIDTH;
-        let at = (first % TILE_WIDTH) as usize;
-        let t = self.tile(tile_level, n, at as u64 + count)?;
-        Ok(perfect_root(&t[at..at + count as usize]))
+        let at = first % TILE_WIDTH;
+        let t = self.tile(tile_level, n, at + count)?;
+        // The run `at..at + count` is complete (the width covers it), so the
+        // level above holds its root.
+        t.levels.get(rise as usize).and_then(|l| l.get((at >> rise) as usize)).copied().ok_or(missing)
     }
 }
 

@@ -173,3 +173,30 @@ fn the_client_and_server_speak_http() {
     assert!(err.to_string().contains("cannot reach"), "{err}");
     assert!(client::check_url("https://x:1").is_err() && client::check_url("http://x").is_err());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever the body, the witness answers (4xx) and never panics; its
+    /// state is unchanged: a good checkpoint is still cosigned afterwards.
+    #[test]
+    fn any_request_body_is_answered_and_changes_nothing(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..800),
+        pos in 0usize..4000,
+        x in 1u8..=255,
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = TestLog::new("example.org/log");
+        log.grow(20);
+        let w = Witness::open(d.path(), "witness.example/w", vec![log.identity.verifier()]).unwrap();
+        proptest::prop_assert!(w.add_checkpoint(&bytes).status >= 400);
+        let mut body = log.body(0, 10, 1000);
+        let p = pos % body.len();
+        body[p] ^= x;
+        let a = w.add_checkpoint(&body);
+        // A change in the proof section of an empty proof or a signature
+        // byte is refused; nothing else is accepted either.
+        proptest::prop_assert!(a.status >= 400 || a.status == 200 && body == log.body(0, 10, 1000));
+        proptest::prop_assert_eq!(w.add_checkpoint(&log.body(0, 10, 1000)).status, 200);
+    }
+}
