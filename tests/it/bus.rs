@@ -21,8 +21,15 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a daemon and returns once it records: `/health` answers only
+    /// when the bus monitor is attached (the service, which answers Head,
+    /// connects before it, so Head alone raced the first signals).
     fn start(bus: &Bus, state: &Path, config: &str) -> Daemon {
-        Daemon::start_args(bus, state, config, &["--no-metrics"])
+        let port = common::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut d = Daemon::start_args(bus, state, config, &["--metrics-listen", &listen]);
+        common::wait_recording(&mut d.child, port);
+        d
     }
 
     fn start_args(bus: &Bus, state: &Path, config: &str, args: &[&str]) -> Daemon {
