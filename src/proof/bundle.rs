@@ -211,6 +211,15 @@ fn hashes<'a>(lines: &mut impl Iterator<Item = &'a str>) -> Result<Vec<Hash>, Bu
 }
 
 /// Checks a checkpoint note and its cosignatures by `witnesses`.
+/// The proof's hash lines (44 base64 characters and a newline each), the
+/// blank line after them, and what follows: the note(s).
+fn proof_then_notes(tail: Option<&str>) -> Result<(Vec<Hash>, &str), BundleError> {
+    let tail = tail.ok_or_else(|| malformed("no proof"))?;
+    let proof = hashes(&mut tail.split('\n'))?;
+    let notes = tail.get(proof.len() * 45 + 1..).ok_or_else(|| malformed("no checkpoint"))?;
+    Ok((proof, notes))
+}
+
 fn check_note(
     note: &[u8],
     identity: &Verifier,
@@ -279,11 +288,7 @@ fn verify_inclusion_bundle(
         .ok_or_else(|| malformed("expected an `extra` line holding the block"))?;
     let body = B64.decode(extra).map_err(|_| malformed("the extra line is not base64"))?;
     let index = parse_u64(parts.next(), "index")?;
-    let tail = parts.next().ok_or_else(|| malformed("no proof"))?;
-    let mut lines = tail.split('\n');
-    let proof = hashes(&mut lines)?;
-    let consumed: usize = proof.len() * 45 + 1;
-    let note = tail.get(consumed..).ok_or_else(|| malformed("no checkpoint"))?;
+    let (proof, note) = proof_then_notes(parts.next())?;
     let (cp, ok) = check_note(note.as_bytes(), identity, witnesses, min)?;
     let hash = crate::codec::block_hash(&body);
     let mut payload = body.clone();
@@ -316,10 +321,7 @@ fn verify_consistency_bundle(
     let mut parts = rest.splitn(3, '\n');
     let old = parse_u64(parts.next(), "old")?;
     let new = parse_u64(parts.next(), "new")?;
-    let tail = parts.next().ok_or_else(|| malformed("no proof"))?;
-    let mut lines = tail.split('\n');
-    let proof = hashes(&mut lines)?;
-    let notes = tail.get(proof.len() * 45 + 1..).ok_or_else(|| malformed("no checkpoints"))?;
+    let (proof, notes) = proof_then_notes(parts.next())?;
     let (old_note, new_note) = split_note(notes)?;
     // The old checkpoint needs no witnesses: the new one is what is trusted now.
     let (o, _) = check_note(old_note.as_bytes(), identity, &[], 0)?;

@@ -191,14 +191,20 @@ pub struct Integration {
 /// leaf of the chain's block `size - 1`. The tiles are derived data and
 /// the tree they hold is what gets signed next, so a chain that changed
 /// under them (a history rewritten by root recomputes every later hash,
-/// the last block's too) must not be extended with them: one block read
-/// and one tile entry, at every start.
-fn tiles_end_on_chain(layout: &Layout, dir: &std::path::Path, size: u64) -> Result<bool, ProofStartError> {
+/// the last block's too) must not be extended with them. `follower` reads
+/// its segment up to that block and is left after it, where the tiles
+/// continue from.
+fn tiles_end_on_chain(
+    layout: &Layout,
+    dir: &std::path::Path,
+    size: u64,
+    follower: &mut HashFollower,
+) -> Result<bool, ProofStartError> {
     if size == 0 {
         return Ok(true);
     }
     let mut last = None;
-    HashFollower::default().read(layout, size - 1, size, |h| {
+    follower.read(layout, size - 1, size, |h| {
         last = Some(*h);
         Ok(())
     })?;
@@ -224,9 +230,10 @@ impl Integration {
         };
         let dir = layout.cache.join("tiles");
         let mut tiles = TileWriter::open(&dir);
+        let mut follower = HashFollower::default();
         let why = if tiles.size() > chain_height {
             Some("the Merkle tiles are ahead of the chain; rebuilding them")
-        } else if !tiles_end_on_chain(layout, &dir, tiles.size())? {
+        } else if !tiles_end_on_chain(layout, &dir, tiles.size(), &mut follower)? {
             // The chain changed under the tiles. If they still hold the
             // signed tree, the chain departs from it: refuse, and keep the
             // tiles (`verify` finds the first changed block with them).
@@ -255,7 +262,6 @@ impl Integration {
             let _ = std::fs::remove_dir_all(&dir);
             tiles = TileWriter::open(&dir);
         }
-        let mut follower = HashFollower::default();
         let from = tiles.size();
         follower.read(layout, from, chain_height, |h| tiles.push(h))?;
         tiles.flush()?;
